@@ -1,0 +1,1 @@
+"""vtx: efficient video transformers in JAX/Flax."""

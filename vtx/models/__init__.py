@@ -1,0 +1,51 @@
+"""Model registry: `config.model.name` -> the Flax module class of that family.
+
+Every family module lives in its own file; the registry imports it lazily so that a config
+names a model by a short string and nothing else is loaded.
+"""
+import dataclasses
+import importlib
+
+import jax.numpy as jnp
+
+# name -> 'module:Class'
+FAMILIES = {
+    'vit': 'vtx.models.vit:VideoViT',              # video-ViT baseline and TokShift
+    'xvit': 'vtx.models.xvit:XViT',
+    'video_swin': 'vtx.models.video_swin:VideoSwin',
+    'tps': 'vtx.models.tps:TPS',
+    'mvit': 'vtx.models.mvit:MViT',                # plain MViT and STTS-MViT
+    'stts_video_swin': 'vtx.models.video_swin:VideoSwin',
+}
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+def model_class(name: str):
+    if name not in FAMILIES:
+        raise UnknownModelError(f'config.model.name={name!r} is not a vtx model; choose one of '
+                                f'{sorted(FAMILIES)}')
+    module, cls = FAMILIES[name].split(':')
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_model(model_config):
+    """Instantiates the module named by `model_config.name` with the remaining fields as arguments.
+
+    A field the module does not take is an error naming the field and the accepted ones.
+    """
+    kwargs = dict(model_config)
+    cls = model_class(kwargs.pop('name'))
+    fields = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        raise UnknownModelError(f'config.model has field(s) {unknown} that {cls.__name__} does not '
+                                f'take; accepted: {sorted(fields)}')
+    if 'dtype' in kwargs:
+        if kwargs['dtype'] not in _DTYPES:
+            raise UnknownModelError(f"config.model.dtype={kwargs['dtype']!r}: use one of {sorted(_DTYPES)}")
+        kwargs['dtype'] = _DTYPES[kwargs['dtype']]
+    return cls(**kwargs)

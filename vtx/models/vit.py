@@ -1,0 +1,111 @@
+"""The video-ViT baseline and TokShift (Zhang et al., ACM MM 2021).
+
+A 2D ViT runs on every frame (frames batched as B*T, frame index fastest); the head is applied
+to each frame's [CLS] token and the logits are averaged over frames. With `temporal='token_shift'`
+the [CLS] token is shifted across frames before both sub-blocks of every encoder block.
+Module names follow the official checkpoint (`transformer.encoder.layer.{i}.attn.query`, ...).
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vtx.models import layers
+from vtx.models.token_shift import TokenShift
+
+
+class EncoderBlock(nn.Module):
+    num_heads: int
+    mlp_dim: int
+    num_frames: int
+    temporal: str = 'none'
+    shift_div: int = 4
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    layer_norm_eps: float = 1e-6
+    dtype: Any = jnp.float32
+    attention_implementation: str = 'xla'
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        shift = (TokenShift(self.num_frames, self.shift_div) if self.temporal == 'token_shift'
+                 else (lambda y: y))
+        x = shift(x)  # the shifted stream is also the residual, as in the official code
+        y = layers.layer_norm(self.layer_norm_eps, self.dtype, name='attention_norm')(x)
+        y = layers.SelfAttention(self.num_heads, attention_dropout_rate=self.attention_dropout_rate,
+                                 dtype=self.dtype, implementation=self.attention_implementation,
+                                 name='attn')(y, deterministic)
+        y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+        x = x + layers.DropPath(self.drop_path_rate)(y, deterministic)
+        x = shift(x)
+        y = layers.layer_norm(self.layer_norm_eps, self.dtype, name='ffn_norm')(x)
+        y = layers.Mlp(self.mlp_dim, self.dropout_rate, self.dtype, name='ffn')(y, deterministic)
+        x = x + layers.DropPath(self.drop_path_rate)(y, deterministic)
+        return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+
+class VideoViT(nn.Module):
+    """Input [B, T, H, W, 3] (T must equal num_frames), output logits [B, num_classes]."""
+    num_classes: int
+    num_frames: int
+    image_size: int = 224
+    patch_size: int = 16
+    hidden_size: int = 768
+    mlp_dim: int = 3072
+    num_heads: int = 12
+    num_layers: int = 12
+    temporal: str = 'none'  # 'none' (video-ViT baseline) or 'token_shift' (TokShift)
+    shift_div: int = 4
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    layer_norm_eps: float = 1e-6
+    head_zero_init: bool = True
+    remat: bool = False
+    dtype: Any = jnp.float32
+    attention_implementation: str = 'xla'
+
+    def setup_check(self, video):
+        if self.temporal not in ('none', 'token_shift'):
+            raise ValueError(f"model.temporal must be 'none' or 'token_shift', got {self.temporal!r}")
+        if video.ndim != 5 or video.shape[1] != self.num_frames:
+            raise ValueError(f'VideoViT expects [B, {self.num_frames}, H, W, 3] video, got shape '
+                             f'{tuple(video.shape)}')
+        grid = video.shape[2] // self.patch_size, video.shape[3] // self.patch_size
+        expected = self.image_size // self.patch_size
+        if grid != (expected, expected):
+            raise ValueError(f'VideoViT built for image_size={self.image_size} (grid {expected}x'
+                             f'{expected}) got frames of {video.shape[2]}x{video.shape[3]}')
+
+    @nn.compact
+    def __call__(self, video, train: bool = False, return_features: bool = False):
+        self.setup_check(video)
+        batch, frames = video.shape[:2]
+        x = video.reshape(batch * frames, *video.shape[2:]).astype(self.dtype)
+        x = layers.PatchEmbed(self.hidden_size, (self.patch_size, self.patch_size), self.dtype,
+                              name='patch_embed')(x)
+        x = x.reshape(x.shape[0], -1, self.hidden_size)
+        cls = self.param('cls_token', nn.with_logical_partitioning(
+            nn.initializers.zeros, (None, None, 'embed')), (1, 1, self.hidden_size))
+        x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.hidden_size)).astype(x.dtype),
+                             x], axis=1)
+        pos = self.param('pos_embedding', nn.with_logical_partitioning(
+            layers.truncated_normal(0.02), (None, 'length', 'embed')), (1, x.shape[1], self.hidden_size))
+        x = x + pos.astype(x.dtype)
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+        block = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
+        for i in range(self.num_layers):
+            x = block(self.num_heads, self.mlp_dim, self.num_frames, self.temporal, self.shift_div,
+                      self.dropout_rate, self.attention_dropout_rate,
+                      self.drop_path_rate * i / max(self.num_layers - 1, 1), self.layer_norm_eps,
+                      self.dtype, self.attention_implementation, name=f'layer_{i}')(x, not train)
+        x = layers.layer_norm(self.layer_norm_eps, self.dtype, name='encoder_norm')(x)
+        features = x[:, 0].reshape(batch, frames, self.hidden_size)
+        head_init = nn.initializers.zeros if self.head_zero_init else layers.default_kernel_init
+        logits = layers.dense(self.num_classes, ('embed', 'classes'), dtype=self.dtype,
+                              kernel_init=head_init, name='head')(features)
+        logits = logits.astype(jnp.float32).mean(axis=1)  # per-frame head, averaged over T
+        return (logits, features) if return_features else logits
