@@ -11,10 +11,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vtx.errors import VtxError
+
 PARAMS_META = 'vtx_params.json'
 
 
-class CheckpointError(ValueError):
+class CheckpointError(VtxError):
     pass
 
 

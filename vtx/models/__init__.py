@@ -8,6 +8,8 @@ import importlib
 
 import jax.numpy as jnp
 
+from vtx.errors import VtxError
+
 # name -> 'module:Class'
 FAMILIES = {
     'vit': 'vtx.models.vit:VideoViT',              # video-ViT baseline and TokShift
@@ -20,7 +22,7 @@ FAMILIES = {
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(VtxError):
     pass
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vtx.errors import VtxError
 from vtx.models import layers
 from vtx.models.token_shift import TokenShift
 
@@ -66,21 +67,21 @@ class VideoViT(nn.Module):
     dtype: Any = jnp.float32
     attention_implementation: str = 'xla'
 
-    def setup_check(self, video):
+    def check_input(self, video):
         if self.temporal not in ('none', 'token_shift'):
-            raise ValueError(f"model.temporal must be 'none' or 'token_shift', got {self.temporal!r}")
+            raise VtxError(f"config.model.temporal must be 'none' or 'token_shift', got {self.temporal!r}")
         if video.ndim != 5 or video.shape[1] != self.num_frames:
-            raise ValueError(f'VideoViT expects [B, {self.num_frames}, H, W, 3] video, got shape '
+            raise VtxError(f'VideoViT expects [B, {self.num_frames}, H, W, 3] video, got shape '
                              f'{tuple(video.shape)}')
         grid = video.shape[2] // self.patch_size, video.shape[3] // self.patch_size
         expected = self.image_size // self.patch_size
         if grid != (expected, expected):
-            raise ValueError(f'VideoViT built for image_size={self.image_size} (grid {expected}x'
+            raise VtxError(f'VideoViT built for image_size={self.image_size} (grid {expected}x'
                              f'{expected}) got frames of {video.shape[2]}x{video.shape[3]}')
 
     @nn.compact
     def __call__(self, video, train: bool = False, return_features: bool = False):
-        self.setup_check(video)
+        self.check_input(video)
         batch, frames = video.shape[:2]
         x = video.reshape(batch * frames, *video.shape[2:]).astype(self.dtype)
         x = layers.PatchEmbed(self.hidden_size, (self.patch_size, self.patch_size), self.dtype,

@@ -1,0 +1,95 @@
+"""Optimizers, learning-rate schedules, weight-decay masks and per-group lr multipliers.
+
+Schedules are configured in epochs (as the papers state them) and evaluated per optimizer step.
+"""
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from vtx.errors import VtxError
+
+
+def total_steps(config) -> int:
+    if config.train.num_steps > 0:
+        return int(config.train.num_steps)
+    if config.data.num_train_examples <= 0:
+        raise VtxError('set config.train.num_steps, or config.data.num_train_examples so that '
+                       'config.train.num_epochs can be turned into steps')
+    return math.ceil(config.train.num_epochs * config.data.num_train_examples / config.train.batch_size)
+
+
+def steps_per_epoch(config) -> float:
+    if config.data.num_train_examples > 0:
+        return config.data.num_train_examples / config.train.batch_size
+    return total_steps(config) / config.train.num_epochs  # schedule spans the configured steps
+
+
+def learning_rate_schedule(config) -> optax.Schedule:
+    opt = config.optimizer
+    per_epoch = steps_per_epoch(config)
+    steps = total_steps(config)
+    warmup = int(round(opt.warmup_epochs * per_epoch))
+    peak = opt.learning_rate
+    if opt.schedule == 'cosine':
+        main = optax.cosine_decay_schedule(peak, max(steps - warmup, 1), alpha=opt.cosine_end_factor)
+    elif opt.schedule == 'step':
+        boundaries = {int(round(e * per_epoch)) - warmup: opt.step_factor for e in opt.step_epochs}
+        main = optax.piecewise_constant_schedule(peak, boundaries)
+    elif opt.schedule == 'constant':
+        main = optax.constant_schedule(peak)
+    else:
+        raise VtxError(f"config.optimizer.schedule={opt.schedule!r}: use 'cosine', 'step' or 'constant'")
+    if warmup == 0:
+        return main
+    ramp = optax.linear_schedule(peak * opt.warmup_start_factor, peak, warmup)
+    return optax.join_schedules([ramp, main], [warmup])
+
+
+def param_path(path) -> str:
+    return '/'.join(str(getattr(k, 'key', k)) for k in path)
+
+
+def _path_map(fn, params):
+    return jax.tree_util.tree_map_with_path(lambda p, _: fn(param_path(p)), params)
+
+
+def decay_mask(config, params):
+    patterns = [re.compile(p) for p in config.optimizer.no_decay]
+    return _path_map(lambda name: not any(p.search(name) for p in patterns), params)
+
+
+def lr_multipliers(config, params):
+    """First matching (regex, multiplier) pair wins, as mmcv's optimizer constructor resolves keys."""
+    rules = [(re.compile(p), float(m)) for p, m in config.optimizer.lr_multipliers]
+    return _path_map(lambda name: next((m for p, m in rules if p.search(name)), 1.0), params)
+
+
+def make_optimizer(config, params) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """params may be abstract (shapes only): only their tree structure and paths are used."""
+    opt = config.optimizer
+    schedule = learning_rate_schedule(config)
+    mask = decay_mask(config, params)
+    chain = []
+    if opt.grad_clip_norm > 0:
+        chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))
+    if opt.name == 'sgd':
+        # PyTorch SGD adds weight decay to the gradient before momentum.
+        if opt.weight_decay > 0:
+            chain.append(optax.add_decayed_weights(opt.weight_decay, mask))
+        chain.append(optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov))
+    elif opt.name == 'adamw':
+        chain.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                                 weight_decay=opt.weight_decay, mask=mask))
+    else:
+        raise VtxError(f"config.optimizer.name={opt.name!r}: use 'sgd' or 'adamw'")
+    if opt.lr_multipliers:
+        # The step is linear in the group's lr (decoupled decay included), so scaling it is exact.
+        multipliers = lr_multipliers(config, params)
+        chain.append(optax.GradientTransformation(
+            lambda _: optax.EmptyState(),
+            lambda updates, state, params=None: (
+                jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, multipliers), state)))
+    return optax.chain(*chain), schedule

@@ -1,0 +1,71 @@
+"""Device mesh and parameter placement.
+
+The mesh has two axes: 'data' (batch, and FSDP-sharded parameters) and 'model' (tensor
+parallelism on heads/MLP). Model code names its axes logically ('embed', 'heads', ...);
+`LOGICAL_RULES` maps those names onto mesh axes, and `param_sharding='fsdp'` additionally
+shards every large parameter over 'data' along its largest divisible dimension.
+"""
+import jax
+import numpy as np
+import flax.linen as nn
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vtx.errors import VtxError
+
+LOGICAL_RULES = (
+    ('batch', 'data'),
+    ('heads', 'model'),
+    ('mlp', 'model'),
+    ('embed', None),
+    ('length', None),
+    ('classes', None),
+    ('channels', None),
+    ('norm', None),
+)
+
+
+class MeshError(VtxError):
+    pass
+
+
+def make_mesh(mesh_config) -> Mesh:
+    num_devices = jax.device_count()
+    model = mesh_config.model_axis_size
+    if model < 1 or num_devices % model:
+        raise MeshError(f'config.mesh.model_axis_size={model} must divide the {num_devices} devices')
+    devices = mesh_utils.create_device_mesh((num_devices // model, model),
+                                            allow_split_physical_axes=True)
+    return Mesh(devices, ('data', 'model'))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    return NamedSharding(mesh, P('data', *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def param_shardings(boxed_params, mesh: Mesh, mesh_config):
+    """NamedShardings for a tree of `nn.LogicallyPartitioned` abstract params (from eval_shape)."""
+    logical = nn.get_partition_spec(boxed_params)
+    specs = nn.logical_to_mesh(logical, LOGICAL_RULES)
+    shapes = nn.meta.unbox(boxed_params)
+    if mesh_config.param_sharding not in ('replicated', 'fsdp'):
+        raise MeshError(f"config.mesh.param_sharding={mesh_config.param_sharding!r}: use "
+                        "'replicated' or 'fsdp'")
+    data_size = mesh.shape['data']
+
+    def place(spec, leaf):
+        spec = tuple(spec) + (None,) * (len(leaf.shape) - len(spec))
+        if (mesh_config.param_sharding == 'fsdp' and data_size > 1
+                and np.prod(leaf.shape) >= mesh_config.fsdp_min_size):
+            free = [i for i, (axis, n) in enumerate(zip(spec, leaf.shape))
+                    if axis is None and n % data_size == 0]
+            if free:
+                largest = max(free, key=lambda i: leaf.shape[i])
+                spec = spec[:largest] + ('data',) + spec[largest + 1:]
+        return NamedSharding(mesh, P(*spec))
+
+    return jax.tree.map(place, specs, shapes, is_leaf=lambda x: isinstance(x, P))
