@@ -3,7 +3,20 @@
 Units follow the papers: schedules are in epochs (converted to steps with
 `data.num_train_examples` and `train.batch_size`), learning rates are for the global batch.
 """
+import dataclasses
+
 import ml_collections
+
+
+def model_config(name: str) -> ml_collections.ConfigDict:
+    """`config.model` for family `name` with every constructor field at its default, so any of
+    them can be overridden from the command line; a zoo config then sets its paper's values."""
+    from vtx.models import model_class
+    fields = {f.name: f.default for f in dataclasses.fields(model_class(name))
+              if f.name not in ('parent', 'name') and f.default is not dataclasses.MISSING}
+    if 'dtype' in fields:
+        fields['dtype'] = 'float32'
+    return ml_collections.ConfigDict({'name': name, **fields})
 
 
 def get_config():
@@ -14,8 +27,7 @@ def get_config():
     c.init_from = ''
     c.distributed = False  # call jax.distributed.initialize (TPU pods and SLURM auto-detect)
 
-    c.model = ml_collections.ConfigDict()  # family fields; `name` picks the family (vtx.models)
-    c.model.name = ''
+    c.model = ml_collections.ConfigDict({'name': ''})  # a zoo config sets model_config(family)
 
     c.data = ml_collections.ConfigDict()
     c.data.train_shards = ''   # glob(s) of DMVR shards, comma-separated
@@ -47,6 +59,10 @@ def get_config():
     c.data.eval_num_crops = 1
     c.data.eval_aggregation = 'logits'  # average 'logits' or softmax 'probs' over views
     c.data.shuffle_buffer = 256
+    # Input readers, each over a disjoint subset of the shards; the global batch is the
+    # concatenation of their batches. 0: one per process. Fixing it makes the data order
+    # independent of how many processes run the job (each process runs readers/processes).
+    c.data.num_readers = 0
     c.data.skip_bad_records = False
 
     c.train = ml_collections.ConfigDict()

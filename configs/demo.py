@@ -25,7 +25,7 @@ def get_config():
     c.data.random_flip = False  # a flip turns 'left' into 'right'
     c.data.zero_centering = True
 
-    c.model.name = 'vit'
+    c.model = base.model_config('vit')
     c.model.temporal = 'token_shift'
     c.model.shift_div = 4
     c.model.num_classes = 4

@@ -29,14 +29,15 @@ class MeshError(VtxError):
     pass
 
 
-def make_mesh(mesh_config) -> Mesh:
-    num_devices = jax.device_count()
+def make_mesh(mesh_config, devices=None) -> Mesh:
+    """A ('data', 'model') mesh over `devices` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else devices
     model = mesh_config.model_axis_size
-    if model < 1 or num_devices % model:
-        raise MeshError(f'config.mesh.model_axis_size={model} must divide the {num_devices} devices')
-    devices = mesh_utils.create_device_mesh((num_devices // model, model),
-                                            allow_split_physical_axes=True)
-    return Mesh(devices, ('data', 'model'))
+    if model < 1 or len(devices) % model:
+        raise MeshError(f'config.mesh.model_axis_size={model} must divide the {len(devices)} devices')
+    grid = mesh_utils.create_device_mesh((len(devices) // model, model), devices=devices,
+                                         allow_split_physical_axes=True)
+    return Mesh(grid, ('data', 'model'))
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

@@ -23,7 +23,6 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from vtx import checkpoint, optim, sharding
-from vtx.data import pipeline
 from vtx.errors import VtxError
 from vtx.metrics import MetricWriter
 from vtx.models import build_model
@@ -149,8 +148,31 @@ def _global_batch(local, mesh):
         lambda x: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, x.ndim), x), local)
 
 
+def train_batches(config, start_step: int):
+    """This process's share of each global train batch, concatenated over its readers."""
+    processes = jax.process_count()
+    readers = config.data.num_readers or processes
+    if readers % processes:
+        raise VtxError(f'config.data.num_readers={readers} must be a multiple of the {processes} '
+                       'processes')
+    if config.train.batch_size % (readers * config.train.grad_accum_steps):
+        raise VtxError(f'config.train.batch_size={config.train.batch_size} must divide evenly over '
+                       f'{readers} readers x {config.train.grad_accum_steps} accumulation steps')
+    from vtx.data import pipeline  # TF is loaded only when data is read
+    per_process = readers // processes
+    streams = [pipeline.train_batches(config.data, global_batch_size=config.train.batch_size,
+                                      seed=config.seed, start_step=start_step, process_index=r,
+                                      process_count=readers)
+               for r in range(jax.process_index() * per_process,
+                              (jax.process_index() + 1) * per_process)]
+    while True:
+        parts = [next(s) for s in streams]
+        yield jax.tree.map(lambda *xs: np.concatenate(xs), *parts) if per_process > 1 else parts[0]
+
+
 def evaluate(params, eval_fn, config, mesh) -> dict:
     """One pass over the eval set; every video counted once, also when hosts hold unequal shares."""
+    from vtx.data import pipeline
     batches = pipeline.eval_batches(config.data, global_batch_size=config.train.eval_batch_size,
                                     process_index=jax.process_index(),
                                     process_count=jax.process_count())
@@ -210,8 +232,9 @@ def _check_workdir_model(workdir, config):
                            f"{stored.get('model')}); this config builds {current['model']}. Use a new "
                            '--workdir, or the config that made this one.')
     elif jax.process_index() == 0:
-        with open(path, 'w') as f:
+        with open(path + '.tmp', 'w') as f:
             json.dump(current, f, indent=1)
+        os.replace(path + '.tmp', path)  # other processes see all of it or nothing
 
 
 def _initial_params(config, model, state, state_sharding):
@@ -251,6 +274,12 @@ def train_and_evaluate(config, workdir: str, mode: str = 'train_and_eval'):
         multihost_utils.sync_global_devices('vtx: data ready')
 
     mesh = sharding.make_mesh(config.mesh)
+    data_devices = mesh.shape['data']
+    for field, size in (('batch_size', config.train.batch_size // config.train.grad_accum_steps),
+                        ('eval_batch_size', config.train.eval_batch_size)):
+        if size % data_devices:
+            raise VtxError(f'config.train.{field} (per accumulation step: {size}) must be a multiple '
+                           f"of the mesh's data axis ({data_devices} devices)")
     model = build_model(config.model)
     num_steps = optim.total_steps(config)
     state, state_sharding, tx, schedule = create_train_state(config, model, mesh)
@@ -289,14 +318,7 @@ def train_and_evaluate(config, workdir: str, mode: str = 'train_and_eval'):
         writer.close()
         return metrics
 
-    if config.train.batch_size % (jax.process_count() * config.train.grad_accum_steps):
-        raise VtxError(f'config.train.batch_size={config.train.batch_size} must divide evenly over '
-                       f'{jax.process_count()} processes x {config.train.grad_accum_steps} '
-                       'accumulation steps')
-    batches = pipeline.train_batches(config.data, global_batch_size=config.train.batch_size,
-                                     seed=config.seed, start_step=start_step,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count())
+    batches = train_batches(config, start_step)
     preemption = _Preemption()
     pending, last_log_step, timer = [], start_step, None
     last_saved = latest

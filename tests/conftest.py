@@ -1,0 +1,58 @@
+"""Shared test setup: repo root on sys.path, locations of the shared fixtures, tiny configs."""
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(REPO, '..', 'shared')
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def tiny_demo_config(data_dir, **overrides):
+    """configs/demo.py shrunk to seconds: a 2-layer TokShift on a small synthetic set in data_dir."""
+    from configs import demo
+    c = demo.get_config()
+    c.data.train_shards = os.path.join(data_dir, 'train-*-of-*')
+    c.data.eval_shards = os.path.join(data_dir, 'eval-*-of-*')
+    c.model.hidden_size = 32
+    c.model.mlp_dim = 64
+    c.model.num_layers = 2
+    c.train.batch_size = 8
+    c.train.eval_batch_size = 8
+    c.train.num_steps = 6
+    c.train.log_every_steps = 2
+    c.train.checkpoint_every_steps = 2
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split('.')
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def demo_cli(data_dir, workdir, *extra):
+    """`python -m vtx.main` on configs/demo.py shrunk to a tiny model on the data in data_dir."""
+    overrides = {
+        'data.train_shards': os.path.join(data_dir, 'train-*-of-*'),
+        'data.eval_shards': os.path.join(data_dir, 'eval-*-of-*'),
+        'model.hidden_size': 32, 'model.mlp_dim': 64, 'model.num_layers': 2,
+        'model.drop_path_rate': 0.1,  # randomness in the step must resume too
+        'train.batch_size': 8, 'train.log_every_steps': 2,
+        'train.checkpoint_every_steps': 4, 'train.keep_checkpoints': 10,
+    }
+    return ([sys.executable, '-m', 'vtx.main', '--config', 'configs/demo.py', f'--workdir={workdir}',
+             '--mode=train'] + [f'--config.{k}={v}' for k, v in overrides.items()] + list(extra))
+
+
+@pytest.fixture(scope='session')
+def demo_data_dir(tmp_path_factory):
+    """A small motion set in the demo's format, generated once per test session."""
+    from data import synthetic
+    path = tmp_path_factory.mktemp('demo_motion')
+    c = tiny_demo_config(str(path), **{'data.synthetic_num_train': 64, 'data.synthetic_num_eval': 20})
+    synthetic.ensure(c.data)
+    return str(path)

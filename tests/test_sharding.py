@@ -1,0 +1,76 @@
+"""The sharded train step equals the single-device step (8 forced CPU devices, in a subprocess)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+LAYOUTS = {  # name -> (model_axis_size, param_sharding)
+    'data8': (1, 'replicated'),
+    'data4_model2': (2, 'replicated'),
+    'fsdp8': (1, 'fsdp'),
+    'fsdp4_model2': (2, 'fsdp'),
+}
+
+
+def run_layouts():
+    """Runs 3 train steps from the same init on 1 device and on each 8-device layout."""
+    import jax
+    from conftest import tiny_demo_config
+    from vtx import sharding, train
+    from vtx.models import build_model
+
+    config = tiny_demo_config('/nonexistent', **{'train.grad_accum_steps': 2,
+                                                'model.drop_path_rate': 0.1,
+                                                'mesh.fsdp_min_size': 64})
+    model = build_model(config.model)
+    rng = np.random.default_rng(0)
+    batches = [{'image': rng.standard_normal((8, 8, 32, 32, 3)).astype(np.float32),
+                'label': rng.integers(0, 4, 8).astype(np.int32)} for _ in range(3)]
+    results = {}
+    for name, devices, (model_axis, placement) in [('single', jax.devices()[:1], (1, 'replicated'))] + [
+            (n, jax.devices(), layout) for n, layout in LAYOUTS.items()]:
+        config.mesh.model_axis_size = model_axis
+        config.mesh.param_sharding = placement
+        mesh = sharding.make_mesh(config.mesh, devices)
+        state, state_sharding, tx, schedule = train.create_train_state(config, model, mesh)
+        step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, schedule=schedule,
+                                                     config=config),
+                       in_shardings=(state_sharding, sharding.batch_sharding(mesh, 1)),
+                       out_shardings=(state_sharding, sharding.replicated(mesh)))
+        losses = []
+        for b in batches:
+            state, metrics = step(state, jax.device_put(b, sharding.batch_sharding(mesh, 1)))
+            losses.append(float(metrics['loss']))
+        kernel = state.params['layer_1']['ffn']['fc1']['kernel']
+        results[name] = {'losses': losses,
+                         'params': [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.params)],
+                         'kernel_sharding': str(kernel.sharding.spec), 'devices': len(mesh.devices.flat)}
+    print('RESULTS' + json.dumps(results))
+
+
+def test_sharded_step_matches_single_device():
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+    out = subprocess.run([sys.executable, __file__], env=env, cwd=HERE, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads(out.stdout.split('RESULTS', 1)[1])
+    single = results.pop('single')
+    assert single['devices'] == 1
+    for name, r in results.items():
+        assert r['devices'] == 8, name
+        np.testing.assert_allclose(r['losses'], single['losses'], rtol=1e-5, err_msg=name)
+        for a, b in zip(r['params'], single['params']):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=name)
+    # The layouts really differ: FSDP shards the MLP kernel over 'data', model-parallel over 'model'.
+    assert 'data' in results['fsdp8']['kernel_sharding']
+    assert 'model' in results['data4_model2']['kernel_sharding']
+    assert 'data' not in results['data8']['kernel_sharding']  # replicated over the data axis
+
+
+if __name__ == '__main__':
+    sys.path.insert(0, os.path.dirname(HERE))
+    run_layouts()
