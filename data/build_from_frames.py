@@ -1,0 +1,48 @@
+"""Shards from extracted frame folders (`class/video/img_00001.jpg`) and a TSN/TSM-style list.
+
+Each list line is `video_folder num_frames label` (TokShift's and TSM's format) or
+`video_folder label`; the label is an integer index. Label names come from `--class_names` (one
+per line, in index order) or else from the folder above each video (`class/video`).
+
+    python -m data.build_from_frames --list train.txt --frames_root /frames --output_dir /shards
+"""
+import argparse
+import os
+
+from data import shards
+
+
+def read_rows(list_path: str, frames_root: str, names=None):
+    rows = []
+    with open(list_path) as f:
+        for number, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) not in (2, 3):
+                raise SystemExit(f'{list_path}:{number}: expected "folder [num_frames] label", '
+                                 f'got {line.strip()!r}')
+            folder, label = fields[0], int(fields[-1])
+            text = names[label] if names else os.path.basename(os.path.dirname(
+                folder.rstrip('/')))
+            rows.append(shards.Row(
+                source=os.path.join(frames_root, folder), label_index=label, label_text=text,
+                filename=folder, max_frames=int(fields[1]) if len(fields) == 3 else None))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--list', required=True)
+    parser.add_argument('--frames_root', default='')
+    parser.add_argument('--class_names', default='')
+    shards.add_common_flags(parser)
+    args = parser.parse_args(argv)
+    rows = read_rows(args.list, args.frames_root, shards.class_names(args.class_names))
+    name = args.name or os.path.splitext(os.path.basename(args.list))[0]
+    return shards.build(rows, args.output_dir, name, shards.settings_from_flags(args),
+                        args.num_shards, args.workers, args.verify)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,186 @@
+"""The built-in 'motion' demo dataset: the class is the direction a square moves, and nothing else.
+
+Each video shows a target square moving left, right, up or down at a constant speed on a torus
+(it wraps around the frame edges), among distractor squares that jitter with no consistent
+direction, on a random background with mild noise. Start positions are uniform on the torus, so
+every single frame has the same content distribution for all four classes: a per-frame model
+stays at chance and only a model that compares frames can learn the task.
+
+Suggested data settings for it: num_classes=4, min_resize=crop_size=frame size (32),
+train_scale_range=(32, 32), and random_flip=False (a left-right flip turns 'left' into 'right').
+
+    python -m data.synthetic --out /tmp/motion            # train-0000i-of-00004, eval-...
+Videos are a function of (seed, split, index) only, so any sharding gives the same data.
+"""
+import argparse
+import dataclasses
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+CLASSES = ('left', 'right', 'up', 'down')
+_DIRECTIONS = {'left': (0, -1), 'right': (0, 1), 'up': (-1, 0), 'down': (1, 0)}  # (dy, dx)
+_SPLITS = {'train': 0, 'eval': 1}
+
+
+@dataclasses.dataclass
+class MotionSpec:
+    frame_size: int = 32
+    num_frames: int = 16          # stored frames per video
+    target_size: int = 6
+    speed: tuple = (2, 4)         # px per frame, drawn per video from [low, high]
+    num_distractors: tuple = (1, 2)
+    distractor_sizes: tuple = (3, 4, 8, 10)  # never the target's size
+    jitter: int = 2               # distractors move up to this many px per axis per frame
+    noise: float = 6.0            # std of Gaussian pixel noise (levels)
+    jpeg_quality: int = 90
+
+
+def make_video(spec: MotionSpec, label: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [T, S, S, 3] showing the target moving in direction CLASSES[label]."""
+    size, t = spec.frame_size, spec.num_frames
+    background = rng.uniform(0, 120, 3)
+    video = np.broadcast_to(background, (t, size, size, 3)).copy()
+    squares = []
+    for _ in range(rng.integers(spec.num_distractors[0], spec.num_distractors[1] + 1)):
+        steps = rng.integers(-spec.jitter, spec.jitter + 1, (t, 2))
+        steps[0] = rng.integers(0, size, 2)  # the start; later rows are the jitter
+        squares.append((int(rng.choice(spec.distractor_sizes)), np.cumsum(steps, axis=0),
+                        rng.uniform(60, 255, 3)))
+    speed = rng.integers(spec.speed[0], spec.speed[1] + 1)
+    direction = np.array(_DIRECTIONS[CLASSES[label]])
+    path = rng.integers(0, size, 2) + np.arange(t)[:, None] * speed * direction
+    squares.append((spec.target_size, path, rng.uniform(60, 255, 3)))  # drawn last, on top
+    span = np.arange(size)
+    for side, positions, colour in squares:
+        for frame, (y, x) in zip(video, positions):
+            rows, cols = (y + span[:side]) % size, (x + span[:side]) % size  # toroidal wrap
+            frame[np.ix_(rows, cols)] = colour
+    video += rng.normal(0, spec.noise, video.shape)
+    return np.clip(np.round(video), 0, 255).astype(np.uint8)
+
+
+def _video_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, _SPLITS[split], index])
+
+
+def write_split(out_dir: str, prefix: str, split: str, num_videos: int, num_shards: int,
+                spec: MotionSpec, seed: int = 0) -> list:
+    """Writes `prefix-0000i-of-0000n` shards (video v -> shard v % n, as DMVR); returns paths."""
+    import tensorflow as tf
+
+    from vtx.data import dmvr
+
+    os.makedirs(out_dir, exist_ok=True)
+    num_shards = max(1, min(num_shards, num_videos))
+    paths = [os.path.join(out_dir, f'{prefix}-{i:05d}-of-{num_shards:05d}')
+             for i in range(num_shards)]
+
+    def write_shard(shard):
+        # Written under a hidden name and renamed when complete, so that an interrupted run
+        # never leaves files that match the shard glob.
+        partial = os.path.join(out_dir, '.incomplete-' + os.path.basename(paths[shard]))
+        with tf.io.TFRecordWriter(partial) as writer:
+            for index in range(shard, num_videos, num_shards):
+                rng = _video_rng(seed, split, index)
+                label = int(rng.integers(len(CLASSES)))
+                video = make_video(spec, label, rng)
+                jpegs = [tf.io.encode_jpeg(frame, quality=spec.jpeg_quality).numpy()
+                         for frame in video]
+                end_us = int(1e6 * spec.num_frames / 10)  # nominally 10 fps, like DMVR's shards
+                example = dmvr.make_sequence_example(jpegs, label, CLASSES[label],
+                                                     f'motion/{split}/{index:06d}', 0, end_us)
+                writer.write(example.SerializeToString())
+        os.replace(partial, paths[shard])
+
+    with ThreadPoolExecutor(max_workers=min(num_shards, os.cpu_count() or 1)) as pool:
+        list(pool.map(write_shard, range(num_shards)))  # list() re-raises worker errors
+    return paths
+
+
+def _spec_from_config(data_config) -> MotionSpec:
+    get = data_config.get
+    defaults = MotionSpec()
+    return MotionSpec(
+        frame_size=int(get('synthetic_frame_size', defaults.frame_size)),
+        num_frames=int(get('synthetic_num_stored_frames', defaults.num_frames)),
+        target_size=int(get('synthetic_target_size', defaults.target_size)),
+        speed=tuple(get('synthetic_speed', defaults.speed)),
+        num_distractors=tuple(get('synthetic_num_distractors', defaults.num_distractors)),
+        jitter=int(get('synthetic_jitter', defaults.jitter)),
+        noise=float(get('synthetic_noise', defaults.noise)))
+
+
+def _split_target(pattern: str, field: str, split: str):
+    """A shard glob -> (folder, shard-name prefix), e.g. '/d/train-*-of-*' -> ('/d', 'train')."""
+    from vtx.errors import VtxError
+
+    if not pattern or ',' in pattern:
+        raise VtxError(f"{field}={pattern!r}: the synthetic dataset needs one glob such as "
+                       f"'/tmp/motion/{split}-*-of-*'")
+    folder, name = os.path.split(pattern)
+    prefix = re.split(r'[*?\[]', name, maxsplit=1)[0].rstrip('-_.') or split
+    return folder or '.', prefix
+
+
+def ensure(data_config) -> None:
+    """Generates the 'motion' train and eval shards at `data.train_shards` / `data.eval_shards`
+    when those globs match nothing; does nothing for globs that already match files."""
+    import tensorflow as tf
+
+    from vtx.errors import VtxError
+
+    if data_config.synthetic != 'motion':
+        raise VtxError(f"config.data.synthetic={data_config.synthetic!r}: the only built-in "
+                       "synthetic dataset is 'motion'")
+    if data_config.num_classes != len(CLASSES):
+        raise VtxError(f'config.data.num_classes={data_config.num_classes}: the motion dataset '
+                       f'has {len(CLASSES)} classes {CLASSES}')
+    spec = _spec_from_config(data_config)
+    seed = int(data_config.get('synthetic_seed', 0))
+    for split, default_count in (('train', 2000), ('eval', 400)):
+        field = f'{split}_shards'
+        pattern = data_config[field]
+        folder, prefix = _split_target(pattern, f'config.data.{field}', split)
+        if tf.io.gfile.glob(pattern):
+            continue
+        count = int(data_config.get(f'synthetic_num_{split}', default_count))
+        write_split(folder, prefix, split, count, int(data_config.get('synthetic_num_shards', 4)),
+                    spec, seed)
+        if not tf.io.gfile.glob(pattern):
+            raise VtxError(f"config.data.{field}={pattern!r} does not match the shards written "
+                           f"as {folder}/{prefix}-0000i-of-0000n; use a glob like "
+                           f"'{folder}/{prefix}-*-of-*'")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    defaults = MotionSpec()
+    parser.add_argument('--out', required=True, help='output folder')
+    parser.add_argument('--num_train', type=int, default=2000)
+    parser.add_argument('--num_eval', type=int, default=400)
+    parser.add_argument('--num_shards', type=int, default=4, help='shards per split')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--frame_size', type=int, default=defaults.frame_size)
+    parser.add_argument('--num_frames', type=int, default=defaults.num_frames)
+    parser.add_argument('--target_size', type=int, default=defaults.target_size)
+    parser.add_argument('--speed', type=int, nargs=2, default=defaults.speed,
+                        metavar=('LOW', 'HIGH'), help='px per frame, per video from [LOW, HIGH]')
+    parser.add_argument('--num_distractors', type=int, nargs=2, default=defaults.num_distractors,
+                        metavar=('LOW', 'HIGH'))
+    parser.add_argument('--jitter', type=int, default=defaults.jitter)
+    parser.add_argument('--noise', type=float, default=defaults.noise)
+    args = parser.parse_args(argv)
+    spec = MotionSpec(frame_size=args.frame_size, num_frames=args.num_frames,
+                      target_size=args.target_size, speed=tuple(args.speed),
+                      num_distractors=tuple(args.num_distractors), jitter=args.jitter,
+                      noise=args.noise)
+    for split, count in (('train', args.num_train), ('eval', args.num_eval)):
+        paths = write_split(args.out, split, split, count, args.num_shards, spec, args.seed)
+        print(f'{split}: {count} videos in {len(paths)} shards: {args.out}/{split}-*-of-*')
+
+
+if __name__ == '__main__':
+    main()
