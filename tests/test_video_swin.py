@@ -1,0 +1,170 @@
+"""Video Swin: zoo configs against the official full-size checkpoints, window geometry against the
+official stage traces, the clipped-window bias quirk, remat, and 2D ImageNet inflation.
+
+Logit parity of every case is in tests/test_parity.py; the cases here are read from
+VTX_PARITY_CASES (default ../shared/parity/cases) and the full-size key lists from
+VTX_PARITY_FULL (default ../shared/parity/full), both relative to the repo root.
+"""
+import glob
+import importlib
+import json
+import math
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from convert import engine, families, inflate
+from convert.verify import to_model_layout
+from vtx import optim
+from vtx.models import build_model, video_swin
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASES = os.path.join(REPO, os.environ.get('VTX_PARITY_CASES', '../shared/parity/cases'))
+FULL = os.path.join(REPO, os.environ.get('VTX_PARITY_FULL', '../shared/parity/full'))
+
+
+def full_entries(prefix):
+    paths = glob.glob(os.path.join(FULL, prefix + '*.json'))
+    return sorted(os.path.basename(p)[:-len('.json')] for p in paths)
+
+
+def cases(family, required_file='checkpoint.pth'):
+    if not os.path.isdir(CASES):
+        return []
+    found = []
+    for name in sorted(os.listdir(CASES)):
+        path = os.path.join(CASES, name, 'manifest.json')
+        if os.path.isfile(path) and os.path.isfile(os.path.join(CASES, name, required_file)):
+            with open(path) as f:
+                if json.load(f)['family'] == family:
+                    found.append(name)
+    return found
+
+
+def load_case(name):
+    with open(os.path.join(CASES, name, 'manifest.json')) as f:
+        return os.path.join(CASES, name), json.load(f)
+
+
+def run_case(name, **model_overrides):
+    """(our logits, official logits, tolerance) of a case, with model fields overridden."""
+    path, manifest = load_case(name)
+    family = manifest['family']
+    model_config = {**families.converter(family).model_config_from_manifest(manifest),
+                    **model_overrides}
+    model = build_model(model_config)
+    video = to_model_layout(np.load(os.path.join(path, manifest['input']['file'])),
+                            manifest['input']['layout'])
+    abstract = engine.abstract_params_of(model, jnp.asarray(video))
+    params = families.convert_checkpoint(family, os.path.join(path, 'checkpoint.pth'), model_config,
+                                         abstract, log=None)
+    logits = jax.jit(lambda p, v: model.apply({'params': p}, v))(params, video)
+    return np.asarray(logits), np.load(os.path.join(path, 'logits.npy')), manifest['tolerance']
+
+
+def check_zoo_config(stem):
+    """The zoo config builds the official architecture: exactly the official parameter count, the
+    official hyperparameters, and a state dict of the official keys/shapes fills every param."""
+    with open(os.path.join(FULL, stem + '.json')) as f:
+        full = json.load(f)
+    config = importlib.import_module(f'configs.{stem}').get_config()
+    converter = families.converter(config.model.name)
+    model = build_model(config.model)
+    official = converter.model_config_from_manifest(full)
+    for field, value in official.items():
+        ours = config.model.name if field == 'name' else getattr(model, field)
+        assert (tuple(ours) if isinstance(ours, (list, tuple)) else ours) == value, (stem, field)
+    assert config.data.num_classes == config.model.num_classes
+    shape = (1, config.data.num_frames, config.data.crop_size, config.data.crop_size, 3)
+    abstract = engine.abstract_params_of(model, jnp.zeros(shape, jnp.float32))
+    assert sum(math.prod(x.shape) for x in jax.tree.leaves(abstract)) == full['params']
+    source = {key: np.zeros(shape, dtype) for key, (shape, dtype) in full['state_dict'].items()}
+    _, report = engine.convert_with_report(source, converter.table(config.model.to_dict()),
+                                           abstract)
+    assert report.ok and not report.filled, report.format()
+    check_official_param_groups(config, abstract)
+
+
+def check_official_param_groups(config, abstract):
+    """mmcv's custom_keys, longest key first and first match only: the bias tables get lr x1 and
+    no decay, every other backbone param (norms included) lr x0.1 with decay, the head lr x1."""
+    lr = engine.flatten_params(optim.lr_multipliers(config, abstract))
+    decay = engine.flatten_params(optim.decay_mask(config, abstract))
+    for path in lr:
+        table, head = path.endswith('relative_position_bias_table'), path.startswith('head/')
+        assert lr[path] == (1.0 if table or head else 0.1), path
+        assert decay[path] == (not table), path
+
+
+def test_fixtures_found():
+    assert full_entries('swin_'), f'no swin_*.json under {FULL}'
+    assert cases('video_swin'), f'no video_swin cases under {CASES}'
+
+
+@pytest.mark.parametrize('stem', full_entries('swin_'))
+def test_zoo_config_matches_official(stem):
+    check_zoo_config(stem)
+
+
+@pytest.mark.parametrize('case', cases('video_swin'))
+def test_window_geometry_matches_official_trace(case):
+    _, manifest = load_case(case)
+    backbone = manifest['config']['model']['backbone']
+    _, _, t, h, w = manifest['input']['shape']
+    grid = [-(-n // p) for n, p in zip((t, h, w), backbone['patch_size'])]
+    for stage in manifest['stage_trace']:
+        assert list(grid) == stage['tokens_DHW']
+        win, shift = video_swin.effective_window(grid, backbone['window_size'])
+        assert list(win) == stage['effective_window']
+        assert list(shift) == stage['effective_shift_for_odd_blocks']
+        assert [-(-g // s) * s for g, s in zip(grid, win)] == stage['padded_DHW']
+        grid = [grid[0], -(-grid[1] // 2), -(-grid[2] // 2)]
+
+
+def test_clipped_window_bias_quirk_is_reproduced():
+    """In video_swin_tiny_pad the last stage clips the window spatially: only the official
+    top-left index block reproduces the official logits; the true offsets do not."""
+    ours, ref, tol = run_case('video_swin_tiny_pad')
+    np.testing.assert_allclose(ours, ref, atol=tol['atol'], rtol=tol['rtol'])
+    exact, _, _ = run_case('video_swin_tiny_pad', clipped_window_bias='exact')
+    assert np.abs(exact - ref).max() > 100 * tol['atol']
+
+
+def test_remat_matches_official_and_trains():
+    ours, ref, tol = run_case('video_swin_window_clip', remat=True)
+    np.testing.assert_allclose(ours, ref, atol=tol['atol'], rtol=tol['rtol'])
+    model = video_swin.VideoSwin(num_classes=3, embed_dim=8, depths=(2,), num_heads=(1,),
+                                 window_size=(2, 3, 3), drop_path_rate=0.3, remat=True)
+    video = jnp.ones((2, 4, 24, 24, 3))
+    params = nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), video)['params'])
+
+    def loss(p):
+        logits = model.apply({'params': p}, video, train=True,
+                             rngs={'dropout': jax.random.PRNGKey(1)})
+        return jnp.mean(logits ** 2)
+
+    grads = jax.jit(jax.grad(loss))(params)
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+    assert float(jnp.abs(grads['layers_0']['blocks_1']['attn']['qkv']['kernel']).sum()) > 0
+
+
+@pytest.mark.parametrize('case', cases('video_swin', 'checkpoint_2d.pth'))
+def test_inflate_2d_swin_matches_official(case):
+    path, manifest = load_case(case)
+    model_config = families.converter('video_swin').model_config_from_manifest(manifest)
+    video = to_model_layout(np.load(os.path.join(path, 'input.npy')), manifest['input']['layout'])
+    abstract = engine.abstract_params_of(build_model(model_config), jnp.asarray(video))
+    ours = engine.flatten_params(inflate.inflate_2d_swin(
+        os.path.join(path, 'checkpoint_2d.pth'), model_config, abstract, log=None))
+    official = engine.flatten_params(families.convert_checkpoint(
+        'video_swin', os.path.join(path, 'checkpoint.pth'), model_config, abstract, log=None))
+    backbone = [k for k in official if not k.startswith('head/')]
+    assert len(backbone) == len(official) - 2
+    for key in backbone:
+        np.testing.assert_allclose(ours[key], official[key], atol=1e-6, rtol=0, err_msg=key)
+    assert float(np.abs(ours['head/bias']).max()) == 0.0
+    assert 0.005 < float(np.std(ours['head/kernel'])) < 0.02  # normal(0, 0.01) init

@@ -1,0 +1,330 @@
+"""Video Swin Transformer (Liu et al., CVPR 2022) and the Swin backbone TPS shares.
+
+Tokens stay channels-last [B, D, H, W, C] through the backbone. Every block windows its input
+with a per-stage effective window (an axis no longer than the configured window is covered by a
+single window and gets no shift), zero-pads *after* norm1 to whole windows (padded tokens are
+attended as keys, never masked), cyclically shifts odd blocks, adds the relative position bias and
+the 0/-100 shift mask, and crops the padding again. PatchEmbed and PatchMerging padding is kept
+(and averaged by the head). Module names follow the official checkpoint
+(`layers.{i}.blocks.{j}.attn.qkv` -> `layers_{i}/blocks_{j}/attn/qkv`).
+"""
+import functools
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from vtx.models import layers
+from vtx.models.token_selection import TemporalSelection, top_k_sigma
+
+MASK_VALUE = -100.0  # the official additive mask value (not -inf)
+
+
+# --------------------------------------------------------------------------- window geometry
+
+def effective_window(grid: Sequence[int], window: Sequence[int]):
+    """Per-stage (window, shift): an axis with extent <= its window is one window, unshifted."""
+    win = tuple(g if g <= w else w for g, w in zip(grid, window))
+    shift = tuple(0 if g <= w else w // 2 for g, w in zip(grid, window))
+    return win, shift
+
+
+def pad_to_multiple(x, sizes: Sequence[int], first_axis: int = 1):
+    """Zero-pads axes first_axis.. at their end up to multiples of `sizes`."""
+    pad = [(0, 0)] * x.ndim
+    for i, s in enumerate(sizes):
+        pad[first_axis + i] = (0, -x.shape[first_axis + i] % s)
+    return jnp.pad(x, pad) if any(p for _, p in pad) else x
+
+
+def window_partition(x, win: Sequence[int]):
+    """[B, D, H, W, C] (multiples of win) -> [B, nD, nH*nW, wd*wh*ww, C], tokens (d, h, w)
+    row-major inside a window."""
+    b, d, h, w, c = x.shape
+    wd, wh, ww = win
+    x = x.reshape(b, d // wd, wd, h // wh, wh, w // ww, ww, c)
+    x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
+    return x.reshape(b, d // wd, (h // wh) * (w // ww), wd * wh * ww, c)
+
+
+def window_reverse(windows, win: Sequence[int], grid: Sequence[int]):
+    """Inverse of `window_partition` for the padded grid (D, H, W)."""
+    b, c = windows.shape[0], windows.shape[-1]
+    (d, h, w), (wd, wh, ww) = grid, win
+    x = windows.reshape(b, d // wd, h // wh, w // ww, wd, wh, ww, c)
+    return x.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, d, h, w, c)
+
+
+def shift_mask(padded_grid: Sequence[int], win: Sequence[int], shift: Sequence[int]):
+    """Additive [nD, nS, 1, N, N] mask (0 / -100) for shifted windows on the padded, rolled grid.
+
+    Each axis has regions [0, P-win), [P-win, P-shift), [P-shift, P); an unshifted axis is a
+    single region. Tokens from different regions must not attend to each other.
+    """
+    labels = np.zeros(tuple(padded_grid), np.int32)
+    for axis, (p, w, s) in enumerate(zip(padded_grid, win, shift)):
+        region = np.zeros(p, np.int32)
+        if s > 0:
+            region[p - w:p - s], region[p - s:] = 1, 2
+        shape = [1, 1, 1]
+        shape[axis] = p
+        labels = labels * 3 + region.reshape(shape)
+    windows = np.asarray(window_partition(labels[None, ..., None], win))[0, ..., 0]
+    same = windows[..., :, None] == windows[..., None, :]
+    # Built on the traced side from the small label array: the [nWin, N, N] mask can be large.
+    return jnp.where(jnp.asarray(same), 0.0, MASK_VALUE)[:, :, None]
+
+
+def relative_position_index(window: Sequence[int], coords_window: Optional[Sequence[int]] = None):
+    """[N, N] rows of the (2Wd-1)(2Wh-1)(2Ww-1) table of `window` for the token pairs of a
+    `coords_window` (default: the full window)."""
+    coords_window = window if coords_window is None else coords_window
+    coords = np.stack(np.meshgrid(*[np.arange(w) for w in coords_window], indexing='ij'))
+    coords = coords.reshape(3, -1)
+    rel = coords[:, :, None] - coords[:, None, :] + np.array(window)[:, None, None] - 1
+    _, wh, ww = window
+    return rel[0] * (2 * wh - 1) * (2 * ww - 1) + rel[1] * (2 * ww - 1) + rel[2]
+
+
+# --------------------------------------------------------------------------- modules
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows with a learned relative position bias.
+
+    Input [B, nD, nS, N, C] (windows grouped by temporal index nD and spatial index nS); `mask`
+    broadcasts against [nD, nS, heads, N, N]. Subclasses change the bias (`position_bias`) and
+    may mix tokens across windows before the projection and after attention.
+    """
+    num_heads: int
+    window_size: Sequence[int]
+    qkv_bias: bool = True
+    attention_dropout_rate: float = 0.0
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    def table_rows(self) -> int:
+        return math.prod(2 * w - 1 for w in self.window_size)
+
+    def position_bias(self, table, win, num_windows_d):
+        raise NotImplementedError
+
+    def mix_input(self, x):
+        return x
+
+    def mix_output(self, o):
+        return o
+
+    @nn.compact
+    def __call__(self, x, win, mask=None, deterministic: bool = True):
+        *lead, n, dim = x.shape
+        head_dim = dim // self.num_heads
+        table = self.param('relative_position_bias_table', nn.with_logical_partitioning(
+            layers.truncated_normal(0.02), (None, 'heads')), (self.table_rows(), self.num_heads))
+        x = self.mix_input(x)
+        qkv = layers.dense(3 * dim, ('embed', 'heads'), use_bias=self.qkv_bias, dtype=self.dtype,
+                           kernel_init=layers.truncated_normal(0.02), name='qkv')(x)
+        q, k, v = jnp.split(qkv.reshape(*lead, n, 3, self.num_heads, head_dim), 3, axis=-3)
+        bias = self.position_bias(table, win, x.shape[1])
+        if mask is not None:
+            bias = bias + mask
+        dropout_rng = None
+        if self.attention_dropout_rate > 0 and not deterministic:
+            dropout_rng = self.make_rng('dropout')
+        o = layers.dot_product_attention(
+            q[..., 0, :, :], k[..., 0, :, :], v[..., 0, :, :], bias=bias, dropout_rng=dropout_rng,
+            dropout_rate=self.attention_dropout_rate, deterministic=deterministic)
+        o = self.mix_output(o).reshape(*lead, n, dim)
+        o = layers.dense(dim, ('heads', 'embed'), dtype=self.dtype,
+                         kernel_init=layers.truncated_normal(0.02), name='proj')(o)
+        return nn.Dropout(self.dropout_rate)(o, deterministic=deterministic)
+
+
+class WindowAttention3D(WindowAttention):
+    """Video Swin's attention: one [heads, N, N] bias shared by all windows.
+
+    With a window clipped by a small grid the official code takes the top-left N x N block of the
+    full window's index, which is right only when D alone is clipped. `clipped_window_bias`
+    'official' reproduces that; 'exact' indexes the true offsets of the clipped window.
+    """
+    clipped_window_bias: str = 'official'
+
+    def position_bias(self, table, win, num_windows_d):
+        n = math.prod(win)
+        if self.clipped_window_bias == 'official':
+            index = relative_position_index(self.window_size)[:n, :n]
+        elif self.clipped_window_bias == 'exact':
+            index = relative_position_index(self.window_size, win)
+        else:
+            raise ValueError(f"model.clipped_window_bias must be 'official' or 'exact', got "
+                             f'{self.clipped_window_bias!r}')
+        return table[index].transpose(2, 0, 1)  # [heads, N, N]
+
+
+class SwinBlock(nn.Module):
+    """norm1 -> pad -> (roll) -> window attention -> (roll back) -> crop, residual; then the MLP."""
+    attention: Any          # partial of a WindowAttention class, missing only `name`
+    win: Sequence[int]
+    shift: Sequence[int]
+    mlp_ratio: float = 4.0
+    dropout_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    layer_norm_eps: float = 1e-5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        b, d, h, w, c = x.shape
+        y = layers.layer_norm(self.layer_norm_eps, self.dtype, name='norm1')(x)
+        y = pad_to_multiple(y, self.win)  # after norm1: padded tokens are exact zeros
+        padded = y.shape[1:4]
+        shifted = any(self.shift)
+        if shifted:
+            y = jnp.roll(y, [-s for s in self.shift], axis=(1, 2, 3))
+        mask = shift_mask(padded, self.win, self.shift) if shifted else None
+        y = self.attention(name='attn')(window_partition(y, self.win), self.win, mask,
+                                        deterministic)
+        y = window_reverse(y, self.win, padded)
+        if shifted:
+            y = jnp.roll(y, list(self.shift), axis=(1, 2, 3))
+        x = x + layers.DropPath(self.drop_path_rate)(y[:, :d, :h, :w], deterministic)
+        y = layers.layer_norm(self.layer_norm_eps, self.dtype, name='norm2')(x).reshape(b, -1, c)
+        y = layers.Mlp(int(c * self.mlp_ratio), self.dropout_rate, self.dtype, name='mlp')(
+            y, deterministic)
+        return x + layers.DropPath(self.drop_path_rate)(y.reshape(x.shape), deterministic)
+
+
+class PatchMerging(nn.Module):
+    """2x2 spatial merge (D untouched): odd H/W zero-padded at the end, LayerNorm(4C), Linear 2C."""
+    layer_norm_eps: float = 1e-5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = pad_to_multiple(x, (1, 2, 2))
+        x = jnp.concatenate([x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2], x[:, :, 0::2, 1::2],
+                             x[:, :, 1::2, 1::2]], axis=-1)
+        x = layers.layer_norm(self.layer_norm_eps, self.dtype, name='norm')(x)
+        return layers.dense(x.shape[-1] // 2, (None, 'embed'), use_bias=False, dtype=self.dtype,
+                            kernel_init=layers.truncated_normal(0.02), name='reduction')(x)
+
+
+class SwinStage(nn.Module):
+    """One stage: blocks (even unshifted, odd shifted) then, except for the last, PatchMerging."""
+    attentions: Sequence[Any]     # one WindowAttention partial per block
+    window_size: Sequence[int]
+    drop_path_rates: Sequence[float]
+    downsample: bool
+    mlp_ratio: float = 4.0
+    dropout_rate: float = 0.0
+    layer_norm_eps: float = 1e-5
+    remat: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        win, shift = effective_window(x.shape[1:4], self.window_size)
+        block = nn.remat(SwinBlock, static_argnums=(2,)) if self.remat else SwinBlock
+        for j, attention in enumerate(self.attentions):
+            x = block(attention, win, shift if j % 2 else (0, 0, 0), self.mlp_ratio,
+                      self.dropout_rate, self.drop_path_rates[j], self.layer_norm_eps,
+                      self.dtype, name=f'blocks_{j}')(x, deterministic)
+        if self.downsample:
+            x = PatchMerging(self.layer_norm_eps, self.dtype, name='downsample')(x)
+        return x
+
+
+class SwinBackbone(nn.Module):
+    """Patch embedding, Swin stages, final norm and the I3D head (avg pool, dropout, linear).
+
+    Input [B, T, H, W, 3]; output logits [B, num_classes] (and, with `return_features`, the
+    normalised feature map [B, D, H', W', C] the head pools). Subclasses define `window_size` and
+    pick the attention of every block.
+    """
+    num_classes: int
+    patch_size: Sequence[int] = (2, 4, 4)
+    embed_dim: int = 96
+    depths: Sequence[int] = (2, 2, 6, 2)
+    num_heads: Sequence[int] = (3, 6, 12, 24)
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    patch_norm: bool = True
+    dropout_rate: float = 0.0            # pos_drop / attention proj / MLP dropout
+    attention_dropout_rate: float = 0.0
+    drop_path_rate: float = 0.2
+    head_dropout_rate: float = 0.5
+    layer_norm_eps: float = 1e-5
+    remat: bool = False                  # recompute every block in the backward (use_checkpoint)
+    dtype: Any = jnp.float32
+
+    def attention_for_block(self, stage: int, block: int):
+        raise NotImplementedError
+
+    def check_input(self, video):
+        if video.ndim != 5 or video.shape[-1] != 3:
+            raise ValueError(f'{type(self).__name__} expects video [B, T, H, W, 3], got shape '
+                             f'{tuple(video.shape)}')
+
+    def select_frames(self, x, train: bool, train_progress):
+        return x  # token selection hook (see VideoSwin)
+
+    def embed(self, video, deterministic: bool):
+        x = pad_to_multiple(video.astype(self.dtype), self.patch_size)
+        x = layers.PatchEmbed(self.embed_dim, self.patch_size, self.dtype, name='patch_embed')(x)
+        if self.patch_norm:
+            x = layers.layer_norm(self.layer_norm_eps, self.dtype, name='patch_norm')(x)
+        return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+
+    @nn.compact
+    def __call__(self, video, train: bool = False, return_features: bool = False,
+                 train_progress=None):
+        self.check_input(video)
+        x = self.embed(video, not train)  # [B, D, H', W', C]
+        x = self.select_frames(x, train, train_progress)
+        rates = np.linspace(0, self.drop_path_rate, sum(self.depths)).tolist()
+        for i, depth in enumerate(self.depths):
+            start = sum(self.depths[:i])
+            x = SwinStage(tuple(self.attention_for_block(i, j) for j in range(depth)),
+                          tuple(self.window_size), tuple(rates[start:start + depth]),
+                          i < len(self.depths) - 1, self.mlp_ratio, self.dropout_rate,
+                          self.layer_norm_eps, self.remat, self.dtype,
+                          name=f'layers_{i}')(x, not train)
+        features = layers.layer_norm(self.layer_norm_eps, self.dtype, name='norm')(x)
+        pooled = features.mean(axis=(1, 2, 3))  # includes tokens from patch/merge padding
+        pooled = nn.Dropout(self.head_dropout_rate)(pooled, deterministic=not train)
+        logits = layers.dense(self.num_classes, ('embed', 'classes'), dtype=self.dtype,
+                              kernel_init=nn.initializers.normal(0.01), name='head')(pooled)
+        logits = logits.astype(jnp.float32)
+        return (logits, features) if return_features else logits
+
+
+class VideoSwin(SwinBackbone):
+    """Video Swin: 3D shifted windows of `window_size` = (Wd, Wh, Ww) tokens."""
+    window_size: Sequence[int] = (8, 7, 7)
+    clipped_window_bias: str = 'official'  # or 'exact' (see WindowAttention3D)
+    # STTS (model name 'stts_video_swin'): before stage 0 keep int(num_frames // 2 *
+    # time_left_ratio) patch frames (count fixed from the nominal clip length, as the official
+    # constructor does); None = no selection. Training needs `train_progress` (top-k sigma).
+    time_left_ratio: Optional[float] = None
+    num_frames: int = 32
+    selection_sigma: float = 0.05
+    selection_sigma_decay: bool = True
+    selection_num_samples: int = 500
+
+    def select_frames(self, x, train: bool, train_progress):
+        if self.time_left_ratio is None:
+            return x
+        if x.shape[2] != x.shape[3]:
+            raise ValueError(f'STTS on Video Swin needs a square token grid (the official code '
+                             f'assumes H == W), got {x.shape[2]}x{x.shape[3]}')
+        sigma = top_k_sigma(train, train_progress, self.selection_sigma, self.selection_sigma_decay)
+        return TemporalSelection(int(self.num_frames // 2 * self.time_left_ratio),
+                                 self.selection_num_samples, self.dtype,
+                                 name='time_selection')(x, sigma)
+
+    def attention_for_block(self, stage: int, block: int):
+        return functools.partial(
+            WindowAttention3D, self.num_heads[stage], tuple(self.window_size), self.qkv_bias,
+            self.attention_dropout_rate, self.dropout_rate, self.dtype,
+            clipped_window_bias=self.clipped_window_bias)
