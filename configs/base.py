@@ -36,6 +36,8 @@ def get_config():
     c.data.tfds_data_dir = ''
     c.data.tfds_train_split = 'train'
     c.data.tfds_eval_split = 'test'
+    c.data.tfds_video_key = ''   # '' = the dataset's only Video feature
+    c.data.tfds_label_key = ''   # '' = its only ClassLabel feature
     c.data.synthetic = ''      # name of a built-in synthetic set generated when shards are missing
     c.data.num_classes = 0
     c.data.num_train_examples = 0
@@ -46,6 +48,7 @@ def get_config():
     c.data.crop_size = 224
     c.data.train_scale_range = (256, 320)  # short side before the random crop (scale jitter)
     c.data.random_resized_crop = False
+    c.data.random_resized_crop_area = (0.08, 1.0)
     c.data.random_flip = True
     c.data.zero_centering = False  # [-1, 1] instead of [0, 1]
     c.data.normalization_mean = (0.0, 0.0, 0.0)

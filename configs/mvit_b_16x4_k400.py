@@ -13,7 +13,7 @@ from configs import base
 
 def get_config():
     c = base.get_config()
-    c.model.name = 'mvit'
+    c.model = base.model_config('mvit')
     c.model.num_classes = 400
     c.model.num_frames = 16
     c.model.image_size = 224

@@ -11,7 +11,7 @@ from configs import base
 
 def get_config():
     c = base.get_config()
-    c.model.name = 'video_swin'
+    c.model = base.model_config('video_swin')
     c.model.num_classes = 174
     c.model.patch_size = (2, 4, 4)
     c.model.embed_dim = 128

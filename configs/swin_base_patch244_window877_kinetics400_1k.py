@@ -10,7 +10,7 @@ from configs import base
 
 def get_config():
     c = base.get_config()
-    c.model.name = 'video_swin'
+    c.model = base.model_config('video_swin')
     c.model.num_classes = 400
     c.model.patch_size = (2, 4, 4)
     c.model.embed_dim = 128

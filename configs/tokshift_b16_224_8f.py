@@ -9,7 +9,7 @@ from configs import base
 
 def get_config():
     c = base.get_config()
-    c.model.name = 'vit'
+    c.model = base.model_config('vit')
     c.model.temporal = 'token_shift'
     c.model.shift_div = 4
     c.model.num_classes = 400

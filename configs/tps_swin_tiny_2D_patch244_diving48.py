@@ -11,7 +11,7 @@ from configs import base
 
 def get_config():
     c = base.get_config()
-    c.model.name = 'tps'
+    c.model = base.model_config('tps')
     c.model.num_classes = 48
     c.model.patch_size = (2, 4, 4)
     c.model.embed_dim = 96

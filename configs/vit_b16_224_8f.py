@@ -9,7 +9,7 @@ from configs import base
 
 def get_config():
     c = base.get_config()
-    c.model.name = 'vit'
+    c.model = base.model_config('vit')
     c.model.temporal = 'none'
     c.model.num_classes = 400
     c.model.num_frames = 8

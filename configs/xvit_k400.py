@@ -11,7 +11,7 @@ from configs import base
 
 def get_config():
     c = base.get_config()
-    c.model.name = 'xvit'
+    c.model = base.model_config('xvit')
     c.model.num_classes = 400
     c.model.image_size = 224
     c.model.patch_size = 16

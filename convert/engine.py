@@ -41,12 +41,14 @@ import flax
 import jax
 import numpy as np
 
+from vtx.errors import VtxError
 
-class ConversionError(ValueError):
+
+class ConversionError(VtxError):
     """Raised with the full report when a checkpoint does not map exactly onto the model."""
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(VtxError):
     """Raised when a file's top-level layout is none of the known checkpoint wrappers."""
 
 

@@ -72,3 +72,36 @@ def _check_same_tree(stored, expected, where):
         shown = '; '.join(problems[:10]) + (f' (+{len(problems) - 10} more)' if len(problems) > 10 else '')
         raise CheckpointError(f'checkpoint {where} does not fit the configured model: {shown}. '
                               'Was it made for another config.model?')
+
+
+def load_any_params(path: str, abstract_params):
+    """(params, metadata) from a params checkpoint, or from a training workdir: the params of its
+    newest checkpoint (the optimizer state is not read), with {'model': ..., 'step': ...} from
+    the workdir's config.json as metadata. `abstract_params` gives the expected tree."""
+    path = os.path.abspath(path)
+    if is_params_checkpoint(path):
+        return load_params(path, abstract_params)
+    steps_dir = os.path.join(path, 'checkpoints')
+    steps = sorted(int(d) for d in (os.listdir(steps_dir) if os.path.isdir(steps_dir) else ())
+                   if d.isdigit() and os.path.isdir(os.path.join(steps_dir, d, 'default')))
+    if not steps:
+        raise CheckpointError(f'{path} is neither a vtx params checkpoint (no {PARAMS_META}) nor a '
+                              'training workdir with a finished checkpoint under checkpoints/<step>')
+    item = os.path.join(steps_dir, str(steps[-1]), 'default')
+    wanted = {'params': abstract_params}
+    with ocp.PyTreeCheckpointer() as ckptr:
+        stored = ckptr.metadata(item)
+        stored = getattr(stored, 'item_metadata', stored)
+        stored = getattr(stored, 'tree', stored)
+        if 'params' not in stored:
+            raise CheckpointError(f'{item} holds no params (keys: {sorted(stored)})')
+        _check_same_tree(stored['params'], abstract_params, item)
+        restored = ckptr.restore(item, args=ocp.args.PyTreeRestore(
+            wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+            partial_restore=True))
+    meta = {'step': steps[-1]}
+    config_path = os.path.join(path, 'config.json')
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            meta['model'] = json.load(f).get('model')
+    return restored['params'], meta

@@ -27,8 +27,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     logging.set_verbosity(logging.WARNING)
+    try:
+        config = FLAGS.config
+        config.model  # a config file that failed to load raises on first use
+    except OSError as e:
+        print(f"vtx: error: --config: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
     import jax
-    config = FLAGS.config
     if FLAGS.coordinator_address:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     elif config.distributed:
@@ -43,5 +48,20 @@ def main(argv):
         sys.exit(2)
 
 
+def parse_flags(argv):
+    """absl flag parsing, with a bad flag or `--config.*` override reported in one paragraph."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        detail = ' '.join(str(e).replace('\\n', ' ').replace('\\', '').split())
+        detail = detail.replace("''", "'").rstrip("'") if detail.startswith("''") else detail
+        overrides = ' '.join(a for a in argv[1:] if a.startswith('--config.')) or 'none'
+        print(f'vtx: error: bad command line: {detail}. The --config.* overrides given were: '
+              f'{overrides}. Each must name a field that exists in the config file (shared fields '
+              'are listed in configs/base.py) and give a value of that field\'s type.',
+              file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == '__main__':
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

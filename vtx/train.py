@@ -6,8 +6,8 @@ are `jax.jit` with explicit in/out shardings. Everything random (init, dropout, 
 augmentation) is a pure function of `config.seed` and the step, so a resumed run continues
 bit for bit where the interrupted one stopped.
 """
+import inspect
 import json
-import math
 import os
 import signal
 import time
@@ -92,10 +92,24 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, config):
     """One optimizer step on the global batch, split into `grad_accum_steps` micro-batches."""
     accum = config.train.grad_accum_steps
     base_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
+    extra = {}
+    if 'train_progress' in inspect.signature(type(model).__call__).parameters:
+        # STTS: the differentiable top-k's noise decays linearly over training.
+        extra['train_progress'] = state.step / optim.total_steps(config)
+    mixing = config.data.mixup_alpha > 0 or config.data.cutmix_alpha > 0
+    if mixing:
+        from vtx.data.mixing import mixup_cutmix  # here: importing vtx.data loads TF
 
     def loss_fn(params, micro, rng):
-        logits = model.apply({'params': params}, micro['image'], train=True, rngs={'dropout': rng})
-        loss = cross_entropy(logits, micro['label'], config.train.label_smoothing).mean()
+        mix_rng, dropout_rng = jax.random.split(rng)
+        images, labels = micro['image'], micro['label']
+        if mixing:
+            labels = labels if labels.ndim == 2 else jax.nn.one_hot(labels, config.data.num_classes)
+            images, labels = mixup_cutmix(mix_rng, images, labels, config.data.mixup_alpha,
+                                          config.data.cutmix_alpha)
+        logits = model.apply({'params': params}, images, train=True, rngs={'dropout': dropout_rng},
+                             **extra)
+        loss = cross_entropy(logits, labels, config.train.label_smoothing).mean()
         return loss, logits
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -122,8 +136,19 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, config):
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'top1': topk_correct(logits, labels, 1).mean(),
                'top5': topk_correct(logits, labels, 5).mean(), 'lr': schedule(state.step),
-               'grad_norm': optax.global_norm(grads)}
+               'grad_norm': optax.tree.norm(grads)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def aggregate_views(logits, aggregation: str):
+    """Per-view logits [B, V, K] -> per-video scores [B, K]: the mean of the views' logits
+    ('logits') or of their softmax ('probs'), as the config's test protocol says."""
+    logits = logits.astype(jnp.float32)
+    if aggregation == 'probs':
+        return jax.nn.softmax(logits, -1).mean(1)
+    if aggregation == 'logits':
+        return logits.mean(1)
+    raise VtxError(f"config.data.eval_aggregation={aggregation!r}: expected 'logits' or 'probs'")
 
 
 def eval_step(params, batch, *, model, config):
@@ -131,12 +156,10 @@ def eval_step(params, batch, *, model, config):
     images = batch['image']  # [B, V, T, H, W, 3]
     b, v = images.shape[:2]
     logits = model.apply({'params': params}, images.reshape(b * v, *images.shape[2:]), train=False)
-    logits = logits.reshape(b, v, -1).astype(jnp.float32)
+    scores = aggregate_views(logits.reshape(b, v, -1), config.data.eval_aggregation)
     if config.data.eval_aggregation == 'probs':
-        scores = jax.nn.softmax(logits, -1).mean(1)
         loss = -jnp.log(jnp.take_along_axis(scores, batch['label'][:, None], -1)[:, 0] + 1e-12)
     else:
-        scores = logits.mean(1)
         loss = cross_entropy(scores, batch['label'], 0.0)
     mask = batch['mask'].astype(jnp.float32)
     return {'loss': (loss * mask).sum(), 'top1': (topk_correct(scores, batch['label'], 1) * mask).sum(),
@@ -265,6 +288,7 @@ def train_and_evaluate(config, workdir: str, mode: str = 'train_and_eval'):
     parent = os.path.dirname(workdir)
     if not os.path.isdir(parent):
         raise VtxError(f'--workdir {workdir}: its parent folder {parent} does not exist')
+    model = build_model(config.model)  # an unknown model or field fails before any work
     os.makedirs(workdir, exist_ok=True)
     _check_workdir_model(workdir, config)
     if config.data.synthetic and jax.process_index() == 0:
@@ -280,7 +304,6 @@ def train_and_evaluate(config, workdir: str, mode: str = 'train_and_eval'):
         if size % data_devices:
             raise VtxError(f'config.train.{field} (per accumulation step: {size}) must be a multiple '
                            f"of the mesh's data axis ({data_devices} devices)")
-    model = build_model(config.model)
     num_steps = optim.total_steps(config)
     state, state_sharding, tx, schedule = create_train_state(config, model, mesh)
 

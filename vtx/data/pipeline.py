@@ -34,11 +34,6 @@ _SHARD_ORDER, _BLOCK_SHUFFLE, _CLIP = 1, 2, 3
 # ----------------------------------------------------------------------------------------------
 # Config access
 
-def _get(data_config, name, default):
-    """Optional data fields: configs written before a field existed still work."""
-    return data_config.get(name, default)
-
-
 class _Settings:
     """The data-config fields the pipeline uses, read once and checked."""
 
@@ -47,30 +42,30 @@ class _Settings:
         if self.num_classes <= 0:
             raise VtxError(f'config.data.num_classes={c.num_classes} must be positive')
         self.num_frames = int(c.num_frames)
-        self.stride = int(_get(c, 'stride', 1))
-        self.sampling = _get(c, 'sampling', 'dense')
+        self.stride = int(c.stride)
+        self.sampling = c.sampling
         if self.sampling not in ('dense', 'uniform'):
             raise VtxError(f"config.data.sampling={self.sampling!r}: expected 'dense' or 'uniform'")
         self.min_resize = int(c.min_resize)
         self.crop_size = int(c.crop_size)
-        scale = tuple(_get(c, 'train_scale_range', ()) or (self.min_resize, self.min_resize))
+        scale = tuple(c.train_scale_range or (self.min_resize, self.min_resize))
         if len(scale) != 2 or scale[0] > scale[1]:
             raise VtxError(f'config.data.train_scale_range={scale}: expected (low, high) short '
                            'sides')
         self.train_scale_range = (int(scale[0]), int(scale[1]))
-        self.random_resized_crop = bool(_get(c, 'random_resized_crop', False))
-        self.rrc_area_range = tuple(_get(c, 'random_resized_crop_area', (0.08, 1.0)))
-        self.random_flip = bool(_get(c, 'random_flip', True))
-        self.zero_centering = bool(_get(c, 'zero_centering', False))
-        self.mean = tuple(float(v) for v in np.ravel(_get(c, 'normalization_mean', 0.0)))
-        self.std = tuple(float(v) for v in np.ravel(_get(c, 'normalization_std', 1.0)))
-        self.randaugment_layers = int(_get(c, 'randaugment_layers', 0))
-        self.randaugment_magnitude = float(_get(c, 'randaugment_magnitude', 0))
-        self.random_erasing = float(_get(c, 'random_erasing', 0.0))
-        self.eval_num_clips = int(_get(c, 'eval_num_clips', 1))
-        self.eval_num_crops = int(_get(c, 'eval_num_crops', 1))
-        self.shuffle_buffer = max(1, int(_get(c, 'shuffle_buffer', 256)))
-        self.skip_bad_records = bool(_get(c, 'skip_bad_records', False))
+        self.random_resized_crop = bool(c.random_resized_crop)
+        self.rrc_area_range = tuple(c.random_resized_crop_area)
+        self.random_flip = bool(c.random_flip)
+        self.zero_centering = bool(c.zero_centering)
+        self.mean = tuple(float(v) for v in np.ravel(c.normalization_mean))
+        self.std = tuple(float(v) for v in np.ravel(c.normalization_std))
+        self.randaugment_layers = int(c.randaugment_layers)
+        self.randaugment_magnitude = float(c.randaugment_magnitude)
+        self.random_erasing = float(c.random_erasing)
+        self.eval_num_clips = int(c.eval_num_clips)
+        self.eval_num_crops = int(c.eval_num_crops)
+        self.shuffle_buffer = max(1, int(c.shuffle_buffer))
+        self.skip_bad_records = bool(c.skip_bad_records)
 
     @property
     def num_views(self):
@@ -122,6 +117,12 @@ def eval_views(encoded, s: _Settings, any_image_format: bool = False):
     views = tf.reshape(views, [s.eval_num_crops, k, n, c, c, 3])
     views = tf.reshape(tf.transpose(views, [1, 0, 2, 3, 4, 5]), [s.num_views, n, c, c, 3])
     return dmvr.normalize(views, s.zero_centering, s.mean, s.std)
+
+
+def video_eval_views(jpeg_frames, data_config) -> np.ndarray:
+    """The eval views of one video given as the JPEG frames a record of it would hold: the
+    config's test protocol exactly as for the eval shards -> float32 [V, T, c, c, 3]."""
+    return eval_views(tf.constant(list(jpeg_frames), tf.string), _Settings(data_config)).numpy()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,12 +310,12 @@ def _fold(seed, *values):
 def _make_source(data_config, split: str, process_index: int, process_count: int):
     if not 0 <= process_index < process_count:
         raise VtxError(f'process_index={process_index} is not in [0, {process_count})')
-    if _get(data_config, 'tfds_name', ''):
+    if data_config.tfds_name:
         from vtx.data import tfds_source
         return tfds_source.TfdsSource(data_config, split, process_index, process_count)
     field = f'{split}_shards'
     return DmvrSource(data_config[field], f'config.data.{field}', process_index, process_count,
-                      bool(_get(data_config, 'skip_bad_records', False)))
+                      bool(data_config.skip_bad_records))
 
 
 def _train_records(source, s: _Settings, seed: int, first_epoch: int):

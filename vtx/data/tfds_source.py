@@ -28,17 +28,17 @@ class TfdsSource:
 
     def __init__(self, data_config, split: str, process_index: int, process_count: int):
         name = data_config.tfds_name
-        data_dir = data_config.get('tfds_data_dir', '') or None
+        data_dir = data_config.tfds_data_dir or None
         try:
             self.builder = tfds.builder(name, data_dir=data_dir)
         except Exception as e:  # TFDS raises several types for unknown or missing datasets
             raise VtxError(f'config.data.tfds_name={name!r} (data_dir {data_dir}): {e}') from None
         features = self.builder.info.features
-        self.video_key = data_config.get('tfds_video_key', '') or _only(
+        self.video_key = data_config.tfds_video_key or _only(
             features, tfds.features.Video, 'video', name)
-        self.label_key = data_config.get('tfds_label_key', '') or _only(
+        self.label_key = data_config.tfds_label_key or _only(
             features, tfds.features.ClassLabel, 'label', name)
-        full_split = data_config.get(f'tfds_{split}_split', split)
+        full_split = data_config[f'tfds_{split}_split']
         if full_split not in self.builder.info.splits:
             raise VtxError(f'config.data.tfds_{split}_split={full_split!r}: {name!r} has splits '
                            f'{list(self.builder.info.splits)}')

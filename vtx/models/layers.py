@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vtx.errors import VtxError
+
 Dtype = Any
 
 # PyTorch's default Linear/Conv init is not reproduced: vtx trains from scratch with the
@@ -45,7 +47,7 @@ def dot_product_attention(query, key, value, *, bias=None, mask=None, dropout_rn
     """
     if implementation != 'xla':
         if bias is not None or mask is not None or (dropout_rate > 0 and not deterministic):
-            raise ValueError(f"attention implementation {implementation!r} supports neither bias, "
+            raise VtxError(f"attention implementation {implementation!r} supports neither bias, "
                              "mask nor attention dropout; use 'xla'")
         return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
     head_dim = query.shape[-1]

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from vtx.errors import VtxError
 from vtx.models import layers
 from vtx.models.token_selection import (SpatialWindowSelection, TemporalSelection,
                                         top_k_sigma)
@@ -217,7 +218,7 @@ class MViT(nn.Module):
         config does). 'exact' uses the patch frames and the grid entering that block.
         """
         if self.keep_counts not in ('official', 'exact'):
-            raise ValueError(f"MViT.keep_counts={self.keep_counts!r}: use 'official' or 'exact'")
+            raise VtxError(f"MViT.keep_counts={self.keep_counts!r}: use 'official' or 'exact'")
         official = self.keep_counts == 'official'
         time_keep = space_keep = None
         if self.time_pruning_loc is not None:
@@ -236,7 +237,7 @@ class MViT(nn.Module):
                  train_progress=None):
         expected = (self.num_frames, self.image_size, self.image_size, 3)
         if video.ndim != 5 or tuple(video.shape[1:]) != expected:
-            raise ValueError(f'MViT built for video [B, {", ".join(map(str, expected))}] '
+            raise VtxError(f'MViT built for video [B, {", ".join(map(str, expected))}] '
                              f'(num_frames, image_size), got {tuple(video.shape)}')
         schedule = self.schedule()
         time_keep, space_keep = self.selection_counts(schedule)

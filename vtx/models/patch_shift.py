@@ -6,6 +6,8 @@ tokens per window, row-major) before the qkv projection of window attention.
 import jax.numpy as jnp
 import numpy as np
 
+from vtx.errors import VtxError
+
 # Frame shift k of the token at window-local (row % 3, col % 3): it takes the features of frame
 # t - k (cyclic). The pattern restarts in every 7x7 window (7 is not a multiple of 3).
 PATTERN = np.array([[-4, 1, 2],
@@ -29,7 +31,7 @@ def temporal_patch_shift(x, inverse: bool = False):
     d, n = x.shape[1], x.shape[3]
     shifts = token_shifts((int(round(n ** 0.5)),) * 2)
     if shifts.size != n:
-        raise ValueError(f'temporal_patch_shift: windows of {n} tokens are not square')
+        raise VtxError(f'temporal_patch_shift: windows of {n} tokens are not square')
     sign = -1 if inverse else 1
     index = (np.arange(d)[:, None] - sign * shifts[None, :]) % d
     index = index.reshape((1, d, 1, n) + (1,) * (x.ndim - 4))

@@ -9,6 +9,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vtx.errors import VtxError
 from vtx.models import layers
 
 
@@ -20,7 +21,7 @@ def temporal_channel_shift(x, num_segments: int, fold: int):
     """
     images, length, channels = x.shape
     if images % num_segments:
-        raise ValueError(f'space-time mixing: {images} images are not a multiple of '
+        raise VtxError(f'space-time mixing: {images} images are not a multiple of '
                          f'num_segments={num_segments}')
     z = x.reshape(images // num_segments, num_segments, length, channels)
     from_next = jnp.pad(z[:, 1:, :, :fold], ((0, 0), (0, 1), (0, 0), (0, 0)))

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vtx.errors import VtxError
 from vtx.models import layers
 
 # Official scorer LayerNorm: torch's default eps, not the 1e-6 of the MViT blocks.
@@ -69,7 +70,7 @@ def top_k_sigma(train: bool, train_progress, sigma_max: float, decay: bool = Tru
     if not train:
         return None
     if train_progress is None:
-        raise ValueError('STTS token selection in training needs `train_progress` (fraction of '
+        raise VtxError('STTS token selection in training needs `train_progress` (fraction of '
                          'training done, 0..1) passed to model.apply(...) to set the top-k sigma')
     if not decay:
         return sigma_max
@@ -148,7 +149,7 @@ class TemporalSelection(nn.Module):
     def __call__(self, frames, sigma=None):
         batch, num_frames, *grid, channels = frames.shape
         if not 0 < self.num_keep <= num_frames:
-            raise ValueError(f'TemporalSelection: cannot keep {self.num_keep} of {num_frames} '
+            raise VtxError(f'TemporalSelection: cannot keep {self.num_keep} of {num_frames} '
                              'frames')
         flat = frames.reshape(batch, num_frames, -1, channels)
         descriptor = jnp.concatenate([flat.mean(axis=2), flat.max(axis=2)], axis=-1)
@@ -187,10 +188,10 @@ class SpatialWindowSelection(nn.Module):
         batch, frames, height, width, channels = tokens.shape
         window = int(math.sqrt(self.num_keep))
         if height != width:
-            raise ValueError(f'SpatialWindowSelection needs a square token grid (the official code '
+            raise VtxError(f'SpatialWindowSelection needs a square token grid (the official code '
                              f'assumes H == W), got {height}x{width}')
         if not 0 < window <= height:
-            raise ValueError(f'SpatialWindowSelection: a {window}x{window} window (num_keep='
+            raise VtxError(f'SpatialWindowSelection: a {window}x{window} window (num_keep='
                              f'{self.num_keep}) does not fit a {height}x{width} grid')
         stride = self.stride or max((height - window) // 2, 1)
         windows = jnp.asarray(window_token_indices(height, window, stride))  # [L, a*a]

@@ -2,6 +2,8 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vtx.errors import VtxError
+
 
 class TokenShift(nn.Module):
     """Shifts channels of token 0 ([CLS]) along time within each clip; patch tokens are untouched.
@@ -16,7 +18,7 @@ class TokenShift(nn.Module):
     def __call__(self, x):
         frames_total, tokens, dim = x.shape
         if frames_total % self.num_frames:
-            raise ValueError(f'TokenShift: leading dim {frames_total} is not a multiple of '
+            raise VtxError(f'TokenShift: leading dim {frames_total} is not a multiple of '
                              f'num_frames={self.num_frames}')
         fold = dim // self.shift_div
         z = x.reshape(frames_total // self.num_frames, self.num_frames, tokens, dim)

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from vtx.errors import VtxError
 from vtx.models import patch_shift
 from vtx.models.video_swin import SwinBackbone, WindowAttention
 
@@ -70,7 +71,7 @@ class TPS(SwinBackbone):
     def __post_init__(self):
         tokens = -(-self.num_frames // self.patch_size[0])
         if tokens != FRAME_TOKENS:
-            raise ValueError(
+            raise VtxError(
                 f'TPS: model.num_frames={self.num_frames} with temporal patch {self.patch_size[0]} '
                 f'gives {tokens} frame tokens; the temporal patch shift and its position-bias '
                 f'index are defined for exactly {FRAME_TOKENS} (e.g. 32 frames with patch_size '
@@ -88,12 +89,12 @@ class TPS(SwinBackbone):
         _, t, h, w, _ = video.shape
         pt, ph, pw = self.patch_size
         if -(-t // pt) != FRAME_TOKENS:
-            raise ValueError(f'TPS expects clips of {self.num_frames} frames ({FRAME_TOKENS} frame '
+            raise VtxError(f'TPS expects clips of {self.num_frames} frames ({FRAME_TOKENS} frame '
                              f'tokens), got {t} frames')
         h, w = -(-h // ph), -(-w // pw)
         for stage in range(len(self.depths)):
             if min(h, w) < WINDOW[1]:
-                raise ValueError(f'TPS: stage {stage} would have {h}x{w} tokens; every stage '
+                raise VtxError(f'TPS: stage {stage} would have {h}x{w} tokens; every stage '
                                  f'needs at least 7x7 (frames of {video.shape[2]}x'
                                  f'{video.shape[3]} are too small for this patch size and depth)')
             h, w = -(-h // 2), -(-w // 2)

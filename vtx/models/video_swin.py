@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from vtx.errors import VtxError
 from vtx.models import layers
 from vtx.models.token_selection import TemporalSelection, top_k_sigma
 
@@ -157,7 +158,7 @@ class WindowAttention3D(WindowAttention):
         elif self.clipped_window_bias == 'exact':
             index = relative_position_index(self.window_size, win)
         else:
-            raise ValueError(f"model.clipped_window_bias must be 'official' or 'exact', got "
+            raise VtxError(f"model.clipped_window_bias must be 'official' or 'exact', got "
                              f'{self.clipped_window_bias!r}')
         return table[index].transpose(2, 0, 1)  # [heads, N, N]
 
@@ -263,7 +264,7 @@ class SwinBackbone(nn.Module):
 
     def check_input(self, video):
         if video.ndim != 5 or video.shape[-1] != 3:
-            raise ValueError(f'{type(self).__name__} expects video [B, T, H, W, 3], got shape '
+            raise VtxError(f'{type(self).__name__} expects video [B, T, H, W, 3], got shape '
                              f'{tuple(video.shape)}')
 
     def select_frames(self, x, train: bool, train_progress):
@@ -316,7 +317,7 @@ class VideoSwin(SwinBackbone):
         if self.time_left_ratio is None:
             return x
         if x.shape[2] != x.shape[3]:
-            raise ValueError(f'STTS on Video Swin needs a square token grid (the official code '
+            raise VtxError(f'STTS on Video Swin needs a square token grid (the official code '
                              f'assumes H == W), got {x.shape[2]}x{x.shape[3]}')
         sigma = top_k_sigma(train, train_progress, self.selection_sigma, self.selection_sigma_decay)
         return TemporalSelection(int(self.num_frames // 2 * self.time_left_ratio),

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from vtx.errors import VtxError
 from vtx.models import layers
 from vtx.models.space_time_mixing import SpaceTimeMixingAttention
 
@@ -126,14 +127,14 @@ class XViT(nn.Module):
 
     def _check(self, video):
         if video.ndim != 5 or video.shape[2:4] != (self.image_size, self.image_size):
-            raise ValueError(f'XViT expects [B, T, {self.image_size}, {self.image_size}, 3] video, '
+            raise VtxError(f'XViT expects [B, T, {self.image_size}, {self.image_size}, 3] video, '
                              f'got shape {tuple(video.shape)}')
         batch, frames = video.shape[:2]
         if frames % self.num_segments:
-            raise ValueError(f'XViT: {frames} frames per clip is not a multiple of '
+            raise VtxError(f'XViT: {frames} frames per clip is not a multiple of '
                              f'model.num_segments={self.num_segments}')
         if (batch * frames) % self.temporal_embedding_size:
-            raise ValueError(f'XViT: batch*frames={batch * frames} is not a multiple of '
+            raise VtxError(f'XViT: batch*frames={batch * frames} is not a multiple of '
                              f'model.temporal_embedding_size={self.temporal_embedding_size} (the '
                              'official model fails here too)')
 
@@ -163,7 +164,7 @@ class XViT(nn.Module):
             layers.truncated_normal(0.02), (None, 'length', 'embed')), (1, 1 + grid * grid, d))
         pos = self._position_embedding(pos)
         if x.shape[1] * x.shape[2] + 1 != pos.shape[1]:
-            raise ValueError(f'XViT: patch grid {x.shape[1:3]} does not match the '
+            raise VtxError(f'XViT: patch grid {x.shape[1:3]} does not match the '
                              f'{pos.shape[1] - 1} position entries for image_size='
                              f'{self.image_size}, patch_size={self.patch_size}')
         x = x.reshape(x.shape[0], -1, d)

@@ -1,0 +1,50 @@
+"""vtx.benchmark: runs 2 timed steps of a tiny config in both modes; fields present and consistent."""
+import json
+import os
+
+import pytest
+
+from tests.test_report import REPO, TINY, analytic_vit, tiny_config
+from vtx import benchmark
+
+
+@pytest.fixture(scope='module')
+def peak():
+    return benchmark.matmul_peak(benchmark._COMPUTE_DTYPES['float32'], size=256, repeats=3)
+
+
+def test_peak_measured(peak):
+    assert peak['flops_per_sec'] > 1e8 and peak['flops_per_sec_max'] >= peak['flops_per_sec']
+    assert peak['dtype'] == 'float32' and peak['size'] == 256
+
+
+@pytest.mark.parametrize('mode', ['forward', 'train'])
+def test_two_steps(mode, peak):
+    r = benchmark.benchmark(tiny_config(), batch=2, mode=mode, warmup=1, steps=2, peak=peak)
+    assert len(r['step_s_all']) == 2 and r['steps'] == 2
+    assert r['step_s_min'] <= r['step_s_median'] <= r['step_s_max']
+    assert r['clips_per_sec'] == pytest.approx(2 / r['step_s_median'])
+    _, macs, _, patch_macs = analytic_vit()
+    assert r['macs_per_step'] == 2 * (macs if mode == 'forward' else 3 * macs - patch_macs)
+    assert r['achieved_flops_per_sec'] == pytest.approx(2 * r['macs_per_step'] / r['step_s_median'])
+    assert r['mfu'] == pytest.approx(r['achieved_flops_per_sec'] / peak['flops_per_sec'])
+    assert r['xla_flops_per_step'] >= 2 * r['macs_per_step']
+    assert r['peak_memory_bytes_xla'] > 0 and r['compile_s'] > 0
+
+
+def test_remat_counts_model_work_for_mfu(peak):
+    r = benchmark.benchmark(tiny_config(**{'model.remat': True}), batch=2, mode='train', warmup=0,
+                            steps=2, peak=peak)
+    _, macs, _, patch_macs = analytic_vit()
+    assert r['macs_per_step'] == 2 * (3 * macs - patch_macs)  # the recomputed forward is not work
+    assert r['executed_macs_per_step'] > r['macs_per_step']
+    assert r['fast_paths']['remat'] is True
+
+
+def test_cli_json_lines(capsys):
+    benchmark.main(['--config', os.path.join(REPO, 'configs', 'demo.py'), '--steps', '2', '--json',
+                    '--batch', '1', '--peak_size', '256'] + [f'--config.{k}={v}' for k, v in TINY.items()])
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r['mode'] for r in lines] == ['forward', 'train']
+    assert lines[0]['peak'] == lines[1]['peak']  # one peak measurement per run
+    assert all(r['clips_per_sec'] > 0 and r['overrides']['model.num_layers'] == 2 for r in lines)

@@ -1,0 +1,84 @@
+"""Bad input gets one clear error naming the culprit, and nothing already saved is damaged."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, demo_cli, tiny_demo_config
+from vtx import train
+from vtx.errors import VtxError
+
+
+def test_missing_workdir_parent(demo_data_dir):
+    with pytest.raises(VtxError, match='parent folder /nonexistent/deeper does not exist'):
+        train.train_and_evaluate(tiny_demo_config(demo_data_dir), '/nonexistent/deeper/run')
+
+
+def test_empty_shard_glob(demo_data_dir, tmp_path):
+    config = tiny_demo_config(demo_data_dir, **{'data.synthetic': ''})
+    config.data.train_shards = str(tmp_path / 'nothing-*-of-*')
+    with pytest.raises(VtxError, match='nothing-'):
+        train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_frames_of_the_wrong_size_for_the_model(demo_data_dir, tmp_path):
+    config = tiny_demo_config(demo_data_dir, **{'data.crop_size': 24, 'data.min_resize': 24})
+    with pytest.raises(VtxError, match='image_size=32'):
+        train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_eval_without_checkpoint(demo_data_dir, tmp_path):
+    with pytest.raises(VtxError, match='has no checkpoint'):
+        train.train_and_evaluate(tiny_demo_config(demo_data_dir), str(tmp_path / 'run'), 'eval')
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(demo_data_dir, tmp_path):
+    # 8 steps per epoch; at epoch 0.5 (step 4) the learning rate jumps to 1e17.
+    config = tiny_demo_config(demo_data_dir, **{
+        'data.num_train_examples': 64, 'optimizer.name': 'sgd', 'optimizer.schedule': 'step',
+        'optimizer.warmup_epochs': 0.0, 'optimizer.step_epochs': (0.5,),
+        'optimizer.step_factor': 1e20, 'optimizer.learning_rate': 1e-3})
+    workdir = str(tmp_path / 'run')
+    with pytest.raises(train.NonFiniteLossError, match=r'at step 6.*\(step 4\)'):
+        train.train_and_evaluate(config, workdir, 'train')
+    saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
+    assert saved == [2, 4]
+    import orbax.checkpoint as ocp
+    with ocp.StandardCheckpointer() as ckptr:
+        state = ckptr.restore(os.path.join(workdir, 'checkpoints', '4', 'default'))
+    import jax
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state['params']))
+
+
+def test_workdir_of_another_model(demo_data_dir, tmp_path):
+    workdir = str(tmp_path / 'run')
+    train.train_and_evaluate(tiny_demo_config(demo_data_dir, **{'train.num_steps': 2}), workdir, 'train')
+    before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
+    other = tiny_demo_config(demo_data_dir, **{'model.hidden_size': 48, 'model.mlp_dim': 96})
+    with pytest.raises(VtxError, match='holds a run of another model'):
+        train.train_and_evaluate(other, workdir, 'train')
+    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == before
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--config.train.batchsize=4'], 'Did you mean "batch_size"'),
+    (['--config.train.batch_size=abc'], "invalid literal for int() with base 10: 'abc'"),
+    (['--config.model.name=swin_huge'], "config.model.name='swin_huge' is not a vtx model"),
+    (['--config.model.window_size=(8,7,7)'], 'window_size'),
+])
+def test_cli_errors_are_one_paragraph(demo_data_dir, tmp_path, args, expected):
+    out = subprocess.run(demo_cli(demo_data_dir, str(tmp_path / 'run'), *args), cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert expected in out.stderr
+    assert 'Traceback' not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith('vtx: error:')]
+    assert len(errors) == 1, out.stderr
+
+
+def test_cli_missing_config_file(tmp_path):
+    out = subprocess.run([sys.executable, '-m', 'vtx.main', '--config', 'configs/no_such.py',
+                          f'--workdir={tmp_path}'], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2 and 'configs/no_such.py' in out.stderr and 'Traceback' not in out.stderr

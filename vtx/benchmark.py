@@ -1,0 +1,179 @@
+"""Speed benchmark: clips/s, step time, achieved FLOP/s and MFU of a config's forward or train step.
+
+`python -m vtx.benchmark --config configs/X.py [--batch N] [--mode forward|train] [--json]
+ [--warmup 1] [--steps 7] [--config.model.dtype=bfloat16 ...]`
+
+The timed functions are the ones that train and serve: `vtx.train.train_step` (on the state of
+`vtx.train.create_train_state`, sharded over every local device as in training) and
+`model.apply(train=False)`. Each step is synchronised (`block_until_ready`). Compilation is
+timed apart, then `--warmup` untimed steps run, then `--steps` timed ones.
+
+MFU = 2 x MACs per step / median step time / peak, where MACs are those of the step's traced
+program (`vtx.report.count_macs`; the train step includes its backward; with remat the recomputed
+forward is left out, as MFU counts the model's work, not the hardware's) and the peak is measured
+in the same run: a large square matmul in the model's compute dtype on the same devices.
+Fast paths are config fields, so each is benchmarked by an override, e.g.
+`--config.model.dtype=bfloat16` (fp32 master params), `--config.model.remat=True`,
+`--config.model.attention_implementation=cudnn` (GPU, global attention).
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vtx import report, sharding, train
+from vtx.errors import VtxError
+from vtx.models import build_model
+
+_COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(config) -> str:
+    name = str(config.model.get('dtype', 'float32'))
+    if name not in _COMPUTE_DTYPES:
+        raise VtxError(f'config.model.dtype={name!r}: use one of {sorted(_COMPUTE_DTYPES)}')
+    return name
+
+
+def _timed(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def matmul_peak(dtype, size: int | None = None, warmup: int = 2, repeats: int = 10) -> dict:
+    """FLOP/s of a [n*D, n] @ [n, n] matmul sharded over the D devices (median of `repeats`)."""
+    devices = jax.devices()
+    size = size or (2048 if jax.default_backend() == 'cpu' else 8192)
+    mesh = jax.sharding.Mesh(np.array(devices), ('data',))
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data', None))
+    a = jax.device_put(jnp.ones((size * len(devices), size), dtype), rows)
+    b = jax.device_put(jnp.ones((size, size), dtype), jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec()))
+    matmul = jax.jit(jnp.matmul, out_shardings=rows)
+    _timed(lambda: matmul(a, b), warmup)
+    times = _timed(lambda: matmul(a, b), repeats)
+    flops = 2 * size ** 3 * len(devices)
+    return {'size': size, 'dtype': jnp.dtype(dtype).name, 'devices': len(devices),
+            'flops_per_sec': flops / statistics.median(times),
+            'flops_per_sec_max': flops / min(times)}
+
+
+def _random_batch(config, batch: int, mesh):
+    rng = np.random.default_rng(0)
+    local = {'image': rng.uniform(-1, 1, train.input_shape(config, batch)).astype(np.float32),
+             'label': rng.integers(0, config.model.num_classes, (batch,)).astype(np.int32)}
+    return jax.tree.map(lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.ndim)), local)
+
+
+def device_peak_memory() -> int | None:
+    """Peak bytes in use on the first device since start, where the backend reports it (GPU/TPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get('peak_bytes_in_use')
+
+
+def benchmark(config, batch: int = 1, mode: str = 'train', warmup: int = 1, steps: int = 7,
+              peak: dict | None = None) -> dict:
+    """Times `mode` ('forward' or 'train') of `config` on a random batch of `batch` clips."""
+    if mode not in report.MODES:
+        raise VtxError(f'--mode {mode!r}: use one of {report.MODES}')
+    config = report.abstract_setup(config)[0]  # the same config the report uses (no accumulation)
+    mesh = sharding.make_mesh(config.mesh)
+    if batch % mesh.shape['data']:
+        raise VtxError(f"--batch {batch} must be a multiple of the mesh's data axis "
+                       f"({mesh.shape['data']} devices)")
+    model = build_model(config.model)
+    state, _, tx, schedule = train.create_train_state(config, model, mesh)
+    data = _random_batch(config, batch, mesh)
+    fn = report.step_function(config, model, tx, schedule, mode)
+    start = time.perf_counter()
+    compiled, costs = report.step_costs(fn, state, data, mode)
+    compile_s = time.perf_counter() - start
+
+    if mode == 'train':
+        def step():
+            nonlocal state
+            state, metrics = compiled(state, data)
+            return metrics
+    else:
+        def step():
+            return compiled(state, data)
+
+    _timed(step, warmup)
+    times = _timed(step, steps)
+    median = statistics.median(times)
+    dtype = compute_dtype(config)
+    peak = peak or matmul_peak(_COMPUTE_DTYPES[dtype])
+    useful_macs = report.model_macs(config, batch, mode)
+    achieved = 2 * useful_macs / median
+    return {
+        'model': config.model.name, 'mode': mode, 'batch': batch, 'dtype': dtype,
+        'backend': jax.default_backend(), 'devices': jax.device_count(),
+        'device_kind': jax.devices()[0].device_kind,
+        'input_shape_per_view': list(train.input_shape(config, 1)),
+        'fast_paths': {k: config.model[k] for k in ('remat', 'attention_implementation', 'fused_qkv')
+                       if k in config.model},
+        'compile_s': compile_s, 'warmup_steps': warmup, 'steps': steps,
+        'step_s_median': median, 'step_s_min': min(times), 'step_s_max': max(times),
+        'step_s_all': times, 'clips_per_sec': batch / median,
+        'macs_per_step': useful_macs, 'executed_macs_per_step': costs['macs'],
+        'xla_flops_per_step': costs['xla_flops'],
+        'achieved_flops_per_sec': achieved,
+        'achieved_xla_flops_per_sec': costs['xla_flops'] / median,
+        'peak': peak, 'mfu': achieved / peak['flops_per_sec'],
+        'peak_memory_bytes_xla': costs['peak_memory_bytes'],
+        'peak_memory_bytes_device': device_peak_memory(),
+    }
+
+
+def format_result(r: dict) -> str:
+    mem = r['peak_memory_bytes_device'] or r['peak_memory_bytes_xla']
+    return (f"{r['model']} {r['mode']} batch {r['batch']} {r['dtype']} on {r['devices']}x "
+            f"{r['device_kind']} {r['fast_paths']}\n"
+            f"  compile {r['compile_s']:.1f} s; step {r['step_s_median'] * 1e3:.1f} ms median "
+            f"(min {r['step_s_min'] * 1e3:.1f}, max {r['step_s_max'] * 1e3:.1f}, n={r['steps']}); "
+            f"{r['clips_per_sec']:.2f} clips/s\n"
+            f"  {r['achieved_flops_per_sec'] / 1e9:.1f} GFLOP/s (2 x MACs; XLA count "
+            f"{r['achieved_xla_flops_per_sec'] / 1e9:.1f}); peak {r['peak']['flops_per_sec'] / 1e9:.1f}"
+            f" GFLOP/s ({r['peak']['size']}^2 {r['peak']['dtype']} matmul); MFU {100 * r['mfu']:.1f}%"
+            f"\n  peak memory {mem / 2**20:.1f} MiB"
+            + (' (device)' if r['peak_memory_bytes_device'] else ' (XLA memory analysis)'))
+
+
+def main(argv=None):
+    overrides, rest = report.parse_overrides(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog='python -m vtx.benchmark',
+                                     description=__doc__.split('\n')[0])
+    parser.add_argument('--config', required=True, help='a config file (configs/X.py)')
+    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument('--mode', choices=report.MODES, action='append',
+                        help='forward or train (repeatable; default: both)')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed steps after compiling')
+    parser.add_argument('--steps', type=int, default=7, help='timed steps')
+    parser.add_argument('--peak_size', type=int, default=None,
+                        help='side of the peak-FLOP/s matmul (default 2048 on CPU, 8192 otherwise)')
+    parser.add_argument('--json', action='store_true', help='print JSON lines instead of text')
+    args = parser.parse_args(rest)
+    try:
+        config = report.load_config(args.config, overrides)
+        peak = matmul_peak(_COMPUTE_DTYPES[compute_dtype(config)], args.peak_size)
+        for mode in args.mode or report.MODES:
+            result = benchmark(config, args.batch, mode, args.warmup, args.steps, peak)
+            result['config'] = args.config
+            result['overrides'] = overrides
+            print(json.dumps(result) if args.json else format_result(result), flush=True)
+    except VtxError as e:
+        print(f'vtx: error: {e}', file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,161 @@
+"""Command line: write a trained or converted model as a self-contained serving artefact.
+
+    python -m vtx.export --config configs/X.py --checkpoint DIR --format stablehlo|savedmodel \
+        --out PATH [--config.a.b=v ...] [--platforms cpu,cuda,tpu]
+
+The artefact maps a batch of clips, float32 [B, T, H, W, 3] (B symbolic, T = data.num_frames,
+H = W = data.crop_size, RGB, normalised as the config's eval pipeline does), to logits
+float32 [B, K]; the params are inside it. Multi-view testing (clips x crops, then averaging
+logits or probabilities) is left to the caller; `serving.json` next to the model records the
+input shape, normalisation, test protocol and class names it needs.
+
+- stablehlo: PATH/model.jax_exported, a `jax.export` serialization (StableHLO plus calling
+  convention) lowered for each of --platforms; reload with `load_stablehlo(PATH)`.
+- savedmodel: PATH is a TF SavedModel (`jax2tf`, the StableHLO inside an XlaCallModule op; the
+  params are tf.Variables) with signature 'serving_default': video -> logits.
+"""
+import json
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from vtx.errors import VtxError  # noqa: E402
+
+SERVING_META = 'serving.json'
+STABLEHLO_FILE = 'model.jax_exported'
+FORMATS = ('stablehlo', 'savedmodel')
+
+
+def serving_metadata(config, label_names=None) -> dict:
+    """What a caller needs to feed the artefact and read its output."""
+    d = config.data
+    return {
+        'format': 'vtx-serving-v1',
+        'input': {'name': 'video', 'shape': ['B', d.num_frames, d.crop_size, d.crop_size, 3],
+                  'dtype': 'float32', 'layout': 'clips of RGB frames, channels last'},
+        'normalization': {
+            'scale': '2 * x / 255 - 1' if d.zero_centering else 'x / 255',
+            'mean': np.ravel(d.normalization_mean).tolist(),
+            'std': np.ravel(d.normalization_std).tolist(),
+            'formula': '(scale(uint8 frames) - mean) / std'},
+        'output': {'name': 'logits', 'shape': ['B', d.num_classes], 'dtype': 'float32'},
+        'test_protocol': {k: d.get(k) for k in (
+            'num_frames', 'stride', 'sampling', 'min_resize', 'crop_size', 'eval_num_clips',
+            'eval_num_crops', 'eval_aggregation')},
+        'model': config.model.to_dict(),
+        'label_names': list(label_names) if label_names else None,
+    }
+
+
+def _logits_fn(predictor):
+    model = predictor.model
+    return lambda params, video: model.apply({'params': params}, video,
+                                             train=False).astype(jnp.float32)
+
+
+def _clip_shape(config):
+    d = config.data
+    return (d.num_frames, d.crop_size, d.crop_size, 3)
+
+
+def export_stablehlo(predictor, out: str, platforms=None) -> str:
+    """Writes out/model.jax_exported (batch dimension symbolic); returns its path."""
+    fn = _logits_fn(predictor)
+    params = predictor.params
+    batch, = jax.export.symbolic_shape('b')
+    spec = jax.ShapeDtypeStruct((batch, *_clip_shape(predictor.config)), jnp.float32)
+    exported = jax.export.export(jax.jit(lambda video: fn(params, video)),
+                                 platforms=platforms)(spec)
+    path = os.path.join(out, STABLEHLO_FILE)
+    with open(path, 'wb') as f:
+        f.write(exported.serialize())
+    return path
+
+
+def load_stablehlo(path: str):
+    """The exported function (a `jax.export.Exported`; call `.call(video)`) from an artefact
+    folder written by `export_stablehlo`, or from the file itself."""
+    if os.path.isdir(path):
+        path = os.path.join(path, STABLEHLO_FILE)
+    with open(path, 'rb') as f:
+        return jax.export.deserialize(f.read())
+
+
+def export_savedmodel(predictor, out: str, platforms=None) -> str:
+    """Writes a TF SavedModel to `out` (batch dimension polymorphic); returns `out`."""
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    import vtx.data  # noqa: F401  (keeps TF off the accelerators JAX holds)
+    variables = tf.nest.map_structure(tf.Variable, jax.device_get(predictor.params))
+    converted = jax2tf.convert(_logits_fn(predictor), polymorphic_shapes=[None, '(b, ...)'],
+                               native_serialization_platforms=platforms, with_gradient=False)
+    module = tf.Module()
+    module.params = variables
+    module.serve = tf.function(
+        lambda video: {'logits': converted(module.params, video)}, autograph=False,
+        input_signature=[tf.TensorSpec((None, *_clip_shape(predictor.config)), tf.float32,
+                                       name='video')])
+    tf.saved_model.save(module, out, signatures={'serving_default': module.serve})
+    return out
+
+
+def export(config, checkpoint_dir: str, fmt: str, out: str, platforms=None,
+           label_names=None) -> str:
+    """Loads the params and writes the artefact and its serving.json into the new folder `out`."""
+    from vtx.predict import Predictor
+    if fmt not in FORMATS:
+        raise VtxError(f'--format={fmt!r}: expected one of {FORMATS}')
+    if os.path.exists(out) and os.listdir(out):
+        raise VtxError(f'--out {out} exists and is not empty; choose a new folder')
+    predictor = Predictor(config, checkpoint_dir, label_names)
+    platforms = tuple(platforms) if platforms else (jax.export.default_export_platform(),)
+    os.makedirs(out, exist_ok=True)
+    writer = export_stablehlo if fmt == 'stablehlo' else export_savedmodel
+    path = writer(predictor, out, platforms)
+    meta = serving_metadata(config, predictor.label_names) | {'platforms': list(platforms)}
+    with open(os.path.join(out, SERVING_META), 'w') as f:
+        json.dump(meta, f, indent=1)
+    return path
+
+
+def define_flags():
+    """The command line's flags (defined only when run as a program)."""
+    config_flags.DEFINE_config_file('config', None, 'Path to an ml_collections config file.',
+                                    lock_config=True)
+    flags.DEFINE_string('checkpoint', None, 'Params checkpoint folder or training workdir.')
+    flags.DEFINE_enum('format', 'stablehlo', list(FORMATS), 'Artefact format.')
+    flags.DEFINE_string('out', None, 'New folder for the artefact.')
+    flags.DEFINE_list('platforms', None, 'Platforms to lower for (cpu, cuda, rocm, tpu); '
+                      'default: the one JAX runs on here. A SavedModel served by TensorFlow on '
+                      'CPU needs cpu.')
+    flags.DEFINE_string('labels', None, 'Class names, one per line, stored in serving.json.')
+    flags.mark_flags_as_required(['config', 'checkpoint', 'out'])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    FLAGS = flags.FLAGS
+    logging.set_verbosity(logging.ERROR)  # orbax warns about metadata a workdir never has
+    from vtx.predict import read_label_names
+    try:
+        labels = read_label_names(FLAGS.labels) if FLAGS.labels else None
+        path = export(FLAGS.config, FLAGS.checkpoint, FLAGS.format, FLAGS.out, FLAGS.platforms,
+                      labels)
+    except VtxError as e:
+        print(f'vtx.export: error: {e}', file=sys.stderr)
+        sys.exit(2)
+    print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+    define_flags()
+    app.run(main)

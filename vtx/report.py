@@ -1,0 +1,285 @@
+"""Model report: parameters, FLOPs/MACs per view (forward and train step) and peak memory.
+
+`python -m vtx.report --config configs/X.py [--batch N] [--json] [--config.a.b=v ...]`
+
+Nothing is materialised: the model, the train state and the batch are abstract shapes
+(`jax.eval_shape`), and the numbers come from lowering and compiling the very functions that
+train (`vtx.train.train_step`) and serve (`model.apply`):
+- `xla_flops`: the compiled executable's cost analysis. XLA counts 2 FLOPs per multiply-add
+  and 1 per elementwise op (softmax, norms, GELU, adds), so it is above 2 x MACs.
+- `macs`: multiply-accumulates of every matmul and convolution (`dot_general`,
+  `conv_general_dilated`) in the traced program, counted from their shapes. This is the
+  convention of the papers' "GFLOPs" (fvcore/mmcv count MACs of matmuls and convs).
+- `macs_excluding_attention`: the same without the matmuls between two activations (attention
+  scores q k^T and the weighted sum of v): TokShift's published convention.
+- peak memory: XLA's memory analysis of the compiled step for the given batch (arguments +
+  outputs + temporaries - donated/aliased buffers) on the default backend.
+"""
+import copy
+import importlib.util
+import json
+import math
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vtx import sharding, train
+from vtx.errors import VtxError
+from vtx.models import build_model
+
+MODES = ('forward', 'train')
+
+
+def load_config(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+    """`get_config()` of the config file at `path`, with dotted `overrides` ('model.dtype': v) set."""
+    if not os.path.isfile(path):
+        raise VtxError(f'--config {path}: no such file')
+    spec = importlib.util.spec_from_file_location(
+        'vtx_config_' + os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for key, value in (overrides or {}).items():
+        *parents, leaf = key.split('.')
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def _subjaxprs(eqn):
+    for value in eqn.params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, jax.extend.core.ClosedJaxpr):
+                yield item.jaxpr
+            elif isinstance(item, jax.extend.core.Jaxpr):
+                yield item
+
+
+def count_macs(jaxpr, params_are=None) -> dict:
+    """Multiply-accumulates of the matmuls and convolutions in `jaxpr` (a core.Jaxpr).
+
+    `params_are`: the set of variables that hold weights (inputs of the traced function that are
+    parameters). A matmul with no operand derived from a weight is "activation x activation"
+    (attention); a value computed only from weights and constants counts as a weight. Loops multiply by their trip count (`scan`); `cond` counts its costliest branch.
+    """
+    weights = set(params_are or ())
+    totals = {'macs': 0, 'attention_macs': 0}
+
+    def visit(jaxpr, weight_vars, times):
+        weight_vars = set(weight_vars)
+        for eqn in jaxpr.eqns:
+            name = eqn.primitive.name
+            ins = [v for v in eqn.invars if isinstance(v, jax.extend.core.Var)]
+            if name == 'dot_general':
+                (lhs_contract, _), _ = eqn.params['dimension_numbers']
+                lhs = eqn.invars[0].aval.shape
+                macs = math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in lhs_contract)
+                totals['macs'] += times * macs
+                if not any(v in weight_vars for v in ins):
+                    totals['attention_macs'] += times * macs
+            elif name == 'conv_general_dilated':
+                rhs = eqn.invars[1].aval.shape
+                out_features = rhs[eqn.params['dimension_numbers'].rhs_spec[0]]
+                totals['macs'] += times * math.prod(eqn.outvars[0].aval.shape) * math.prod(rhs) // out_features
+            if name == 'scan':
+                body = eqn.params['jaxpr'].jaxpr
+                visit(body, _map_weights(eqn, body, weight_vars), times * eqn.params['length'])
+            elif name == 'cond':
+                costs = []
+                for branch in eqn.params['branches']:
+                    before = dict(totals)
+                    visit(branch.jaxpr, _map_weights(eqn, branch.jaxpr, weight_vars, offset=1), times)
+                    costs.append({k: totals[k] - before[k] for k in totals})
+                    totals.update(before)
+                for k in totals:
+                    totals[k] += max(c[k] for c in costs)
+            else:
+                for sub in _subjaxprs(eqn):
+                    visit(sub, _map_weights(eqn, sub, weight_vars), times)
+            # Values computed from weights and constants only count as weights (casts, reshapes,
+            # the relative-position bias gather); anything touched by the input does not.
+            if all(v in weight_vars for v in ins):
+                weight_vars.update(eqn.outvars)
+
+    visit(jaxpr, weights, 1)
+    totals['macs_excluding_attention'] = totals['macs'] - totals['attention_macs']
+    return totals
+
+
+def _map_weights(eqn, sub, weight_vars, offset=0):
+    """The sub-jaxpr inputs bound to weight operands of `eqn` (positionally, after `offset`)."""
+    operands = eqn.invars[offset:]
+    if len(operands) != len(sub.invars):
+        return set()  # an unusual binding: treat nothing inside as a weight (conservative)
+    return {inner for inner, outer in zip(sub.invars, operands)
+            if isinstance(outer, jax.extend.core.Var) and outer in weight_vars}
+
+
+def _abstract_batch(config, batch: int):
+    return {'image': jax.ShapeDtypeStruct(train.input_shape(config, batch), jnp.float32),
+            'label': jax.ShapeDtypeStruct((batch,), jnp.int32)}
+
+
+def abstract_setup(config):
+    """(model, abstract TrainState, tx, schedule) built by `train.create_train_state` under
+    `jax.eval_shape`, so that even the largest model costs no memory."""
+    config = copy.deepcopy(config)
+    config.train.grad_accum_steps = 1  # the report is per step of the given batch
+    model = build_model(config.model)
+    mesh = sharding.make_mesh(config.mesh)
+    made = {}
+
+    def create():
+        state, _, made['tx'], made['schedule'] = train.create_train_state(config, model, mesh)
+        return state
+
+    state = jax.eval_shape(create)
+    return config, model, state, made['tx'], made['schedule']
+
+
+def step_function(config, model, tx, schedule, mode: str):
+    """The jitted function benchmarked/reported for `mode`, taking (state, batch)."""
+    if mode == 'forward':
+        return jax.jit(lambda state, batch: model.apply({'params': state.params}, batch['image'],
+                                                        train=False))
+    if mode == 'train':
+        return jax.jit(lambda state, batch: train.train_step(
+            state, batch, model=model, tx=tx, schedule=schedule, config=config), donate_argnums=(0,))
+    raise VtxError(f'mode {mode!r}: use one of {MODES}')
+
+
+def peak_memory_bytes(compiled) -> int | None:
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return None
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+               + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+
+def traced_macs(fn, state, batch) -> dict:
+    """`count_macs` of the jitted `fn(state, batch)`, with the state's params as the weights."""
+    closed = jax.make_jaxpr(fn)(state, batch)
+    # make_jaxpr of a jit is one pjit equation: count inside it, where the inputs are the
+    # flattened (state, batch) leaves and the parameters are known by identity.
+    inner = closed.jaxpr.eqns[0].params['jaxpr'].jaxpr if len(closed.jaxpr.eqns) == 1 else closed.jaxpr
+    param_ids = {id(p) for p in jax.tree.leaves(state.params)}
+    weight_vars = {v for v, leaf in zip(inner.invars, jax.tree.leaves((state, batch)))
+                   if id(leaf) in param_ids}
+    return count_macs(inner, weight_vars)
+
+
+def model_macs(config, batch: int, mode: str) -> int:
+    """MACs of one `mode` step without rematerialisation: the model's useful work, for MFU."""
+    config = copy.deepcopy(config)
+    if 'remat' in config.model:
+        config.model.remat = False
+    config, model, state, tx, schedule = abstract_setup(config)
+    fn = step_function(config, model, tx, schedule, mode)
+    return traced_macs(fn, state, _abstract_batch(config, batch))['macs']
+
+
+def step_costs(fn, state, batch, mode: str, compile: bool = True):
+    """(compiled `fn`, its costs for one call on `batch`) where state/batch may be abstract.
+
+    compile=False skips XLA's optimisation passes (seconds instead of up to a minute for a big
+    train step on CPU): the FLOPs then come from the unoptimised HLO (within ~0.5% of the
+    compiled count) and there is no memory analysis (None, None for the executable).
+    """
+    macs = traced_macs(fn, state, batch)
+    lowered = fn.lower(state, batch)
+    compiled = lowered.compile() if compile else None
+    cost = (compiled or lowered).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    out = {'xla_flops': float(cost.get('flops', float('nan'))),
+           'transcendentals': float(cost.get('transcendentals', 0.0)),
+           'macs': macs['macs'],
+           'peak_memory_bytes': peak_memory_bytes(compiled) if compile else None}
+    if mode == 'forward':  # in a train step the weight-gradient matmuls look like attention
+        out['macs_excluding_attention'] = macs['macs_excluding_attention']
+    return compiled, out
+
+
+def analyse(config, batch: int = 1, modes=MODES, compile_modes=MODES) -> dict:
+    """The report for `config` at batch size `batch`: see the module docstring for each field.
+
+    Modes not in `compile_modes` are costed on the unoptimised HLO (see `step_costs`).
+    """
+    config, model, state, tx, schedule = abstract_setup(config)
+    d = config.data
+    out = {'model': config.model.name, 'dtype': str(config.model.get('dtype', 'float32')),
+           'input_shape_per_view': list(train.input_shape(config, 1)), 'batch': batch,
+           'params': int(sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))),
+           'backend': jax.default_backend(),
+           'views_per_video': d.eval_num_clips * d.eval_num_crops}
+    per_batch = ('peak_memory_bytes', 'compiled')
+    for mode in modes:
+        fn = step_function(config, model, tx, schedule, mode)
+        _, costs = step_costs(fn, state, _abstract_batch(config, batch), mode,
+                              compile=mode in compile_modes)
+        costs['compiled'] = mode in compile_modes
+        out[mode] = {(k if k in per_batch else k + '_per_view'): (v if k in per_batch else v / batch)
+                     for k, v in costs.items()}
+    return out
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{r['model']} ({r['dtype']}), input per view {r['input_shape_per_view']}, "
+             f"batch {r['batch']}, backend {r['backend']}",
+             f"  params: {r['params'] / 1e6:.2f} M"]
+    for mode in MODES:
+        if mode in r:
+            m = r[mode]
+            mem = m['peak_memory_bytes']
+            parts = [f"{m['macs_per_view'] / 1e9:.2f} GMACs/view"]
+            if 'macs_excluding_attention_per_view' in m:
+                parts.append(f"{m['macs_excluding_attention_per_view'] / 1e9:.2f} GMACs excl. attention")
+            parts.append(f"XLA {m['xla_flops_per_view'] / 1e9:.2f} GFLOPs/view")
+            parts.append('peak memory ' + (f'{mem / 2**20:.1f} MiB' if mem is not None else 'n/a'))
+            lines.append(f'  {mode:7s}: ' + ', '.join(parts))
+    return '\n'.join(lines)
+
+
+def parse_overrides(argv):
+    """Splits `--config.a.b=v` flags off `argv`; values are parsed as Python literals when they can be."""
+    import ast
+    overrides, rest = {}, []
+    for arg in argv:
+        if arg.startswith('--config.'):
+            key, sep, value = arg[len('--config.'):].partition('=')
+            if not sep:
+                raise VtxError(f'{arg}: expected --config.FIELD=VALUE')
+            try:
+                overrides[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                overrides[key] = value
+        else:
+            rest.append(arg)
+    return overrides, rest
+
+
+def main(argv=None):
+    import argparse
+    overrides, rest = parse_overrides(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog='python -m vtx.report', description=__doc__.split('\n')[0])
+    parser.add_argument('--config', required=True, help='a config file (configs/X.py)')
+    parser.add_argument('--batch', type=int, default=1, help='batch size for the memory analysis')
+    parser.add_argument('--mode', choices=MODES, action='append', help='default: both')
+    parser.add_argument('--json', action='store_true', help='print JSON instead of text')
+    args = parser.parse_args(rest)
+    try:
+        result = analyse(load_config(args.config, overrides), args.batch, tuple(args.mode or MODES))
+    except VtxError as e:
+        print(f'vtx: error: {e}', file=sys.stderr)
+        sys.exit(2)
+    result['config'] = args.config
+    print(json.dumps(result, indent=1) if args.json else format_report(result))
+
+
+if __name__ == '__main__':
+    main()
