@@ -39,6 +39,11 @@ def get_config():
     c.data.tfds_video_key = ''   # '' = the dataset's only Video feature
     c.data.tfds_label_key = ''   # '' = its only ClassLabel feature
     c.data.synthetic = ''      # name of a built-in synthetic set generated when shards are missing
+    # How the shards were built (data/build_*.py --fps/--short_side/--qscale): vtx.predict makes
+    # the same frames from a video file. fps 0: the native rate; short side 0: keep the size.
+    c.data.shard_fps = 0.0
+    c.data.shard_short_side = 256
+    c.data.shard_qscale = 2
     c.data.num_classes = 0
     c.data.num_train_examples = 0
     c.data.num_frames = 8

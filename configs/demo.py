@@ -23,6 +23,7 @@ def get_config():
     c.data.crop_size = 32
     c.data.train_scale_range = (32, 33)
     c.data.random_flip = False  # a flip turns 'left' into 'right'
+    c.data.shard_short_side = 0  # the synthetic frames are stored at their final size
     c.data.zero_centering = True
 
     c.model = base.model_config('vit')

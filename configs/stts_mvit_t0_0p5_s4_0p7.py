@@ -1,20 +1,15 @@
 """STTS on MViT-B 16x4, Kinetics-400: zoo entry MViT-T0_0.5-S4_0.7 (official `t0_0.5_s4_0.7.yaml`).
 
 Module name = the zoo name with '-' -> '_' and '.' -> 'p' (dots are not valid in module names).
-Temporal selection before block 0 keeps int(8 x 0.5) = 4 of the 8 patch frames; spatial
-selection before block 4 keeps one 12x12 window (int(196 x 0.7367) = 144 tokens) per frame
-of the 14x14 grid. Fine-tunes MViT-B (`--config.init_from`, the official TRAIN.FINETUNE) with the
-recipe of `configs/mvit_b_16x4_k400.py`; top-k sigma 0.1 decaying linearly to 0.
+Temporal selection before block 0 keeps int(8 x 0.5) = 4 of the 8 patch frames; spatial selection
+before block 4 keeps one 12x12 window (int(196 x 0.7367) = 144 tokens) per frame of the 14x14 grid.
+Fields not set here are those of `configs/stts_mvit_t0_0p9_s4_0p9.py`.
 """
-from configs import mvit_b_16x4_k400
+from configs import stts_mvit_t0_0p9_s4_0p9
 
 
 def get_config():
-    c = mvit_b_16x4_k400.get_config()
-    c.model.time_pruning_loc = 0
+    c = stts_mvit_t0_0p9_s4_0p9.get_config()
     c.model.time_left_ratio = 0.5
-    c.model.space_pruning_loc = 4
     c.model.space_left_ratio = 0.7367
-    c.model.selection_sigma = 0.1
-    c.model.selection_sigma_decay = True
     return c

@@ -5,6 +5,7 @@ Temporal selection before block 0 keeps int(8 x 0.875) = 7 of the 8 patch frames
 selection before block 4 keeps one 13x13 window (int(196 x 0.863) = 169 tokens) per frame
 of the 14x14 grid. Fine-tunes MViT-B (`--config.init_from`, the official TRAIN.FINETUNE) with the
 recipe of `configs/mvit_b_16x4_k400.py`; top-k sigma 0.1 decaying linearly to 0.
+The other MViT-T0-S4 entries import this one and change only the keep ratios.
 """
 from configs import mvit_b_16x4_k400
 

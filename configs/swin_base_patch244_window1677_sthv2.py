@@ -5,59 +5,28 @@ Swin-Transformer): window 16x7x7 (the temporal window spans the 16 frame tokens,
 shift), uniform 32-segment sampling, 1 clip x 3 crops at test. Init: the Kinetics-400 Video Swin-B
 `swin_base_patch244_window1677_kinetics400_22k` (`load_from`, its 400-class head skipped): convert
 it with `python -m convert` and pass `--config.init_from`.
+Fields not set here are those of `configs/swin_base_patch244_window877_kinetics400_1k.py`.
 """
-from configs import base
+from configs import swin_base_patch244_window877_kinetics400_1k
 
 
 def get_config():
-    c = base.get_config()
-    c.model = base.model_config('video_swin')
+    c = swin_base_patch244_window877_kinetics400_1k.get_config()
     c.model.num_classes = 174
-    c.model.patch_size = (2, 4, 4)
-    c.model.embed_dim = 128
-    c.model.depths = (2, 2, 18, 2)
-    c.model.num_heads = (4, 8, 16, 32)
     c.model.window_size = (16, 7, 7)
-    c.model.mlp_ratio = 4.0
-    c.model.qkv_bias = True
-    c.model.patch_norm = True
     c.model.drop_path_rate = 0.4
-    c.model.head_dropout_rate = 0.5
 
     c.data.num_classes = 174
     c.data.num_train_examples = 168913  # Something-Something v2 train videos
-    c.data.num_frames = 32
     c.data.sampling = 'uniform'  # 32 equal segments: random frame in each (train), middle (test)
-    c.data.min_resize = 224  # test: short side 224, then ThreeCrop 224
-    c.data.crop_size = 224
-    c.data.random_resized_crop = True  # RandomResizedCrop (area 0.08-1, ratio 3/4-4/3) -> 224x224
+    c.data.stride = 1  # not used by 'uniform' sampling
     c.data.random_flip = False  # Flip(flip_ratio=0)
     c.data.randaugment_layers = 4  # RandAugment(n=4, m=7)
     c.data.randaugment_magnitude = 7
     c.data.random_erasing = 0.25
-    # Normalize(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375]) on 0..255 RGB
-    c.data.normalization_mean = (0.485, 0.456, 0.406)
-    c.data.normalization_std = (0.229, 0.224, 0.225)
     c.data.eval_num_clips = 1
-    c.data.eval_num_crops = 3
-    c.data.eval_aggregation = 'probs'  # average_clips='prob': softmax per view, then mean
 
-    c.train.batch_size = 512  # 8 GPUs x 8 clips x update_interval 8 (apex O1 fp16)
-    c.train.grad_accum_steps = 8
     c.train.num_epochs = 60
     c.train.label_smoothing = 0.1
-    c.optimizer.name = 'adamw'
     c.optimizer.learning_rate = 3e-4
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.999
-    c.optimizer.weight_decay = 0.05
-    # paramwise_cfg custom_keys as mmcv resolves them (longest key first, first match only):
-    # bias tables train at the full lr without decay; every other backbone parameter (its
-    # norms included: 'backbone' matches before 'norm') at lr x0.1 with decay; the head x1.
-    c.optimizer.no_decay = (r'relative_position_bias_table',)
-    c.optimizer.lr_multipliers = ((r'relative_position_bias_table', 1.0), (r'^(?!head/)', 0.1))
-    c.optimizer.schedule = 'cosine'  # CosineAnnealing to min_lr 0
-    c.optimizer.warmup_epochs = 2.5
-    c.optimizer.warmup_start_factor = 0.1  # mmcv linear warmup, warmup_ratio 0.1
-    c.optimizer.cosine_end_factor = 0.0
     return c

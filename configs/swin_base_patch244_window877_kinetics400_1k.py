@@ -4,6 +4,7 @@ Official `configs/recognition/swin/swin_base_patch244_window877_kinetics400_1k.p
 (SwinTransformer/Video-Swin-Transformer): patch 2x4x4, window 8x7x7, 32x2 clips, 4 clips x 3 crops
 at test with softmax averaging. Init: the 2D ImageNet-1K Swin-B (swin_base_patch4_window7_224.pth),
 inflated (`--config.init_from=` that .pth: patch kernel averaged over time, bias tables tiled).
+The other Video Swin zoo configs build on this one and set only what their official configs change.
 """
 from configs import base
 

@@ -3,6 +3,8 @@
 Official config `k400_tokshift_div4_8x32_base_224.yml`: ViT-B/16 on 8 frames x 224^2,
 ImageNet-21k init (`--config.init_from=ViT-B_16_Img21.npz`), SGD with gradient accumulation
 over 10 batches.
+The other TokShift-Transformer zoo configs (and the ViT baseline) build on this one and set only
+what their official configs change.
 """
 from configs import base
 

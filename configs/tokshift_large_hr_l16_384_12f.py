@@ -3,49 +3,26 @@
 Official config `k400_tokshift_div4_12x32_large_384.yml`: ViT-L/16 on 12 frames x 384^2,
 ImageNet-21k init (`--config.init_from=ViT-L_16_Img21.npz`), SGD with gradient accumulation
 over 10 batches.
+Fields not set here are those of `configs/tokshift_b16_224_8f.py`.
 """
-from configs import base
+from configs import tokshift_b16_224_8f
 
 
 def get_config():
-    c = base.get_config()
-    c.model = base.model_config('vit')
-    c.model.temporal = 'token_shift'
-    c.model.shift_div = 4
-    c.model.num_classes = 400
+    c = tokshift_b16_224_8f.get_config()
     c.model.num_frames = 12
     c.model.image_size = 384
-    c.model.patch_size = 16
     c.model.hidden_size = 1024
     c.model.mlp_dim = 4096
     c.model.num_heads = 16
     c.model.num_layers = 24
 
-    c.data.num_classes = 400
-    c.data.num_train_examples = 240436  # Kinetics-400 train clips; set to your copy's count
     c.data.num_frames = 12
-    c.data.stride = 32  # dense sampling, T_STEP 32 (wrapping for short videos)
-    c.data.sampling = 'dense'
     c.data.min_resize = 384  # test: short side 384, then 3 crops of 384
     c.data.crop_size = 384
     c.data.train_scale_range = (384, 512)  # random short side, then a random 384 crop
-    c.data.random_flip = True
-    c.data.zero_centering = True  # (x / 255 - 0.5) / 0.5
-    c.data.eval_num_clips = 10
-    c.data.eval_num_crops = 3
-    c.data.eval_aggregation = 'logits'
 
     # 1 clip x 8 GPUs per iteration, an optimizer step every 10 iterations.
     c.train.batch_size = 80
-    c.train.grad_accum_steps = 10
-    c.train.num_epochs = 18
-    c.train.label_smoothing = 0.1  # the class default the official loss uses (yml 0.01 unused)
-    c.optimizer.name = 'sgd'
     c.optimizer.learning_rate = 0.03
-    c.optimizer.momentum = 0.9
-    c.optimizer.weight_decay = 0.0
-    c.optimizer.grad_clip_norm = 1.0
-    c.optimizer.schedule = 'step'
-    c.optimizer.step_epochs = (10, 15, 18)  # MultiStepLR milestones
-    c.optimizer.step_factor = 0.1
     return c

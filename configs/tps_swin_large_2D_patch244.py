@@ -5,55 +5,14 @@ recipe (no official recognition config uses it)`. 2D Swin with window 1x7x7, tem
 odd blocks and channel shift in even blocks; patch 2x4x4 on 32-frame clips (exactly 16 frame
 tokens). 32x2 clips, 4 clips x 3 crops at test, softmax averaging. Init: the 2D ImageNet Swin-L,
 inflated (`--config.init_from=` its .pth).
+Fields not set here are those of `configs/tps_swin_tiny_2D_patch244_k400.py`.
 """
-from configs import base
+from configs import tps_swin_tiny_2D_patch244_k400
 
 
 def get_config():
-    c = base.get_config()
-    c.model = base.model_config('tps')
-    c.model.num_classes = 400
-    c.model.patch_size = (2, 4, 4)
+    c = tps_swin_tiny_2D_patch244_k400.get_config()
     c.model.embed_dim = 192
     c.model.depths = (2, 2, 18, 2)
     c.model.num_heads = (6, 12, 24, 48)
-    c.model.num_frames = 32  # 16 frame tokens: the only length TPS runs with
-    c.model.mlp_ratio = 4.0
-    c.model.qkv_bias = True
-    c.model.patch_norm = True
-    c.model.drop_path_rate = 0.1
-    c.model.head_dropout_rate = 0.5
-
-    c.data.num_classes = 400
-    c.data.num_train_examples = 240436  # Kinetics-400 train clips as distributed; set your copy's
-    c.data.num_frames = 32
-    c.data.sampling = 'dense'
-    c.data.stride = 2  # SampleFrames(clip_len=32, frame_interval=2)
-    c.data.min_resize = 224  # test: short side 224, then ThreeCrop 224
-    c.data.crop_size = 224
-    c.data.random_resized_crop = True  # RandomResizedCrop (area 0.08-1, ratio 3/4-4/3) -> 224x224
-    c.data.random_flip = True
-    # Normalize(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375]) on 0..255 RGB
-    c.data.normalization_mean = (0.485, 0.456, 0.406)
-    c.data.normalization_std = (0.229, 0.224, 0.225)
-    c.data.eval_num_clips = 4
-    c.data.eval_num_crops = 3
-    c.data.eval_aggregation = 'probs'  # average_clips='prob': softmax per view, then mean
-
-    c.train.batch_size = 64  # 8 GPUs x 8 clips (apex O1 fp16)
-    c.train.num_epochs = 30
-    c.optimizer.name = 'adamw'
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.999
-    c.optimizer.weight_decay = 0.02
-    # paramwise_cfg custom_keys as mmcv resolves them (longest key first, first match only):
-    # bias tables train at the full lr without decay; every other backbone parameter (its
-    # norms included: 'backbone' matches before 'norm') at lr x0.1 with decay; the head x1.
-    c.optimizer.no_decay = (r'relative_position_bias_table',)
-    c.optimizer.lr_multipliers = ((r'relative_position_bias_table', 1.0), (r'^(?!head/)', 0.1))
-    c.optimizer.schedule = 'cosine'  # CosineAnnealing to min_lr 0
-    c.optimizer.warmup_epochs = 2.5
-    c.optimizer.warmup_start_factor = 0.1  # mmcv linear warmup, warmup_ratio 0.1
-    c.optimizer.cosine_end_factor = 0.0
     return c

@@ -4,6 +4,7 @@ Official MartinXM/TPS: `configs/recognition/tps/swin_tiny_2D_patch244_tps_k400_1
 window 1x7x7, temporal patch shift in odd blocks and channel shift in even blocks; patch 2x4x4 on
 32-frame clips (exactly 16 frame tokens). 32x2 clips, 4 clips x 3 crops at test, softmax averaging.
 Init: the 2D ImageNet-1K Swin-T, inflated (`--config.init_from=swin_tiny_patch4_window7_224.pth`).
+The other TPS zoo configs build on this one and set only what their official configs change.
 """
 from configs import base
 

@@ -4,60 +4,13 @@ Official MartinXM/TPS: `configs/recognition/tps/swin_tiny_2D_patch244_tps_sthv1_
 window 1x7x7, temporal patch shift in odd blocks and channel shift in even blocks; patch 2x4x4 on
 32-frame clips (exactly 16 frame tokens). Uniform 32-segment sampling, 1 clip x 3 crops at test,
 softmax averaging. Init: a Kinetics-400 TPS model (`load_from`), converted and passed as
-`--config.init_from`.
+`--config.init_from`. The recipe is the Something-Something v2 one: fields not set here are those
+of `configs/tps_swin_tiny_2D_patch244_sthv2.py`.
 """
-from configs import base
+from configs import tps_swin_tiny_2D_patch244_sthv2
 
 
 def get_config():
-    c = base.get_config()
-    c.model = base.model_config('tps')
-    c.model.num_classes = 174
-    c.model.patch_size = (2, 4, 4)
-    c.model.embed_dim = 96
-    c.model.depths = (2, 2, 6, 2)
-    c.model.num_heads = (3, 6, 12, 24)
-    c.model.num_frames = 32  # 16 frame tokens: the only length TPS runs with
-    c.model.mlp_ratio = 4.0
-    c.model.qkv_bias = True
-    c.model.patch_norm = True
-    c.model.drop_path_rate = 0.1
-    c.model.head_dropout_rate = 0.5
-
-    c.data.num_classes = 174
+    c = tps_swin_tiny_2D_patch244_sthv2.get_config()
     c.data.num_train_examples = 86017  # Something-Something v1 train videos
-    c.data.num_frames = 32
-    c.data.sampling = 'uniform'  # 32 equal segments: random frame in each (train), middle (test)
-    c.data.min_resize = 224  # test: short side 224, then ThreeCrop 224
-    c.data.crop_size = 224
-    c.data.random_resized_crop = True  # RandomResizedCrop (area 0.08-1, ratio 3/4-4/3) -> 224x224
-    # The official flips and swaps the labels of left/right classes (lazy_label); vtx cannot
-    # swap labels, so it does not flip.
-    c.data.random_flip = False
-    c.data.random_erasing = 0.25
-    # The official also applies Imgaug('default'), which vtx does not implement.
-    # Normalize(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375]) on 0..255 RGB
-    c.data.normalization_mean = (0.485, 0.456, 0.406)
-    c.data.normalization_std = (0.229, 0.224, 0.225)
-    c.data.eval_num_clips = 1
-    c.data.eval_num_crops = 3
-    c.data.eval_aggregation = 'probs'  # average_clips='prob': softmax per view, then mean
-
-    c.train.batch_size = 64  # 8 GPUs x 8 clips (apex O1 fp16)
-    c.train.num_epochs = 30
-    c.train.label_smoothing = 0.1
-    c.optimizer.name = 'adamw'
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.999
-    c.optimizer.weight_decay = 0.02
-    # paramwise_cfg custom_keys as mmcv resolves them (longest key first, first match only):
-    # bias tables train at the full lr without decay; every other backbone parameter (its
-    # norms included: 'backbone' matches before 'norm') at lr x0.1 with decay; the head x1.
-    c.optimizer.no_decay = (r'relative_position_bias_table',)
-    c.optimizer.lr_multipliers = ((r'relative_position_bias_table', 1.0), (r'^(?!head/)', 0.1))
-    c.optimizer.schedule = 'cosine'  # CosineAnnealing to min_lr 0
-    c.optimizer.warmup_epochs = 2.5
-    c.optimizer.warmup_start_factor = 0.1  # mmcv linear warmup, warmup_ratio 0.1
-    c.optimizer.cosine_end_factor = 0.0
     return c

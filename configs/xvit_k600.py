@@ -5,6 +5,7 @@ mixing of keys and values in all 12 blocks, in two independent 8-frame shift gro
 clip (NUM_SEGMENTS 8), SHIFT_DIV 8; 8-entry temporal embedding; 1-layer temporal transformer head.
 Fine-tuned from ImageNet-21k ViT-B/16: `--config.init_from=` the timm
 `jx_vit_base_patch16_224_in21k` .pth or the original .npz.
+The other XViT zoo configs build on this one and set only what their official configs change.
 """
 from configs import base
 

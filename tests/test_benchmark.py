@@ -48,3 +48,43 @@ def test_cli_json_lines(capsys):
     assert [r['mode'] for r in lines] == ['forward', 'train']
     assert lines[0]['peak'] == lines[1]['peak']  # one peak measurement per run
     assert all(r['clips_per_sec'] > 0 and r['overrides']['model.num_layers'] == 2 for r in lines)
+
+
+# Fast paths that change how a result is computed (not what): every official parity case whose
+# model takes the field must still pass with it switched on.
+FAST_PATHS = {'pool_implementation': 'shifted_sum'}
+
+
+def _parity_cases():
+    from tests.test_parity import CASES, _case_dirs
+    return [os.path.join(CASES, d) for d in _case_dirs()]
+
+
+@pytest.mark.parametrize('field', sorted(FAST_PATHS))
+def test_fast_paths_keep_official_parity(field):
+    import dataclasses
+    from unittest import mock
+
+    from convert import families
+    from convert.verify import verify_case
+    from vtx.models import model_class
+
+    checked = []
+    for case in _parity_cases():
+        with open(os.path.join(case, 'manifest.json')) as f:
+            module = families.converter(json.load(f)['family'])
+        original = module.model_config_from_manifest
+
+        def with_fast_path(manifest, original=original):
+            config = dict(original(manifest))
+            names = {f.name for f in dataclasses.fields(model_class(config['name']))}
+            return {**config, field: FAST_PATHS[field]} if field in names else config
+
+        with mock.patch.object(module, 'model_config_from_manifest', with_fast_path):
+            config = with_fast_path(json.load(open(os.path.join(case, 'manifest.json'))))
+            if field not in config:
+                continue
+            result = verify_case(case, log=None)
+        assert result['passed'], result
+        checked.append(os.path.basename(case))
+    assert checked, f'no parity case has a model with field {field!r}'

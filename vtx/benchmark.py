@@ -14,7 +14,8 @@ forward is left out, as MFU counts the model's work, not the hardware's) and the
 in the same run: a large square matmul in the model's compute dtype on the same devices.
 Fast paths are config fields, so each is benchmarked by an override, e.g.
 `--config.model.dtype=bfloat16` (fp32 master params), `--config.model.remat=True`,
-`--config.model.attention_implementation=cudnn` (GPU, global attention).
+`--config.model.attention_implementation=cudnn` (GPU, global attention),
+`--config.model.pool_implementation=shifted_sum` (MViT pooling without grouped convolutions).
 """
 import argparse
 import json
@@ -30,6 +31,8 @@ from vtx import report, sharding, train
 from vtx.errors import VtxError
 from vtx.models import build_model
 
+# Model fields that choose how (not what) the model computes; echoed with every result.
+FAST_PATH_FIELDS = ('remat', 'attention_implementation', 'pool_implementation')
 _COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -119,7 +122,7 @@ def benchmark(config, batch: int = 1, mode: str = 'train', warmup: int = 1, step
         'backend': jax.default_backend(), 'devices': jax.device_count(),
         'device_kind': jax.devices()[0].device_kind,
         'input_shape_per_view': list(train.input_shape(config, 1)),
-        'fast_paths': {k: config.model[k] for k in ('remat', 'attention_implementation', 'fused_qkv')
+        'fast_paths': {k: config.model[k] for k in FAST_PATH_FIELDS
                        if k in config.model},
         'compile_s': compile_s, 'warmup_steps': warmup, 'steps': steps,
         'step_s_median': median, 'step_s_min': min(times), 'step_s_max': max(times),

@@ -85,8 +85,8 @@ def load_any_params(path: str, abstract_params):
     steps = sorted(int(d) for d in (os.listdir(steps_dir) if os.path.isdir(steps_dir) else ())
                    if d.isdigit() and os.path.isdir(os.path.join(steps_dir, d, 'default')))
     if not steps:
-        raise CheckpointError(f'{path} is neither a vtx params checkpoint (no {PARAMS_META}) nor a '
-                              'training workdir with a finished checkpoint under checkpoints/<step>')
+        raise CheckpointError(f'{path} is neither a vtx params checkpoint (no {PARAMS_META}) nor '
+                              'a training workdir with a finished checkpoint in checkpoints/<step>')
     item = os.path.join(steps_dir, str(steps[-1]), 'default')
     wanted = {'params': abstract_params}
     with ocp.PyTreeCheckpointer() as ckptr:

@@ -34,15 +34,10 @@ from vtx import checkpoint  # noqa: E402
 from vtx.errors import VtxError  # noqa: E402
 from vtx.models import build_model, model_class  # noqa: E402
 
-# How the shards a config was trained on were built (data/build_*.py --fps/--short_side/
-# --qscale); read with these defaults (the builders' own) when a config does not set them.
-SHARD_DEFAULTS = {'shard_fps': 0.0, 'shard_short_side': 256, 'shard_qscale': 2}
-
-
 def shard_settings(data_config):
     """(fps or None for the native rate, short side, JPEG qscale) of the config's shards."""
-    fps, short_side, qscale = (data_config.get(k, v) for k, v in SHARD_DEFAULTS.items())
-    return (float(fps) or None), int(short_side), int(qscale)
+    return (float(data_config.shard_fps) or None), int(data_config.shard_short_side), int(
+        data_config.shard_qscale)
 
 
 def video_views(path: str, data_config) -> np.ndarray:
