@@ -1,19 +1,26 @@
 """The built-in 'motion' demo dataset: the class is the direction a square moves, and nothing else.
 
-Each video shows a target square moving left, right, up or down at a constant speed on a torus
-(it wraps around the frame edges), among distractor squares that jitter with no consistent
-direction, on a random background with mild noise. Start positions are uniform on the torus, so
-every single frame has the same content distribution for all four classes: a per-frame model
-stays at chance and only a model that compares frames can learn the task.
+Each video shows a small target square moving left, right, up or down at a constant speed on a
+torus (it wraps around the frame edges), in a random colour on a random background with pixel
+noise; optional distractor squares of other sizes jitter with no consistent direction. Start
+positions are uniform on the torus, so every single frame has the same content distribution for
+all four classes: a per-frame model stays at chance and only a model that compares frames can
+learn the task.
 
-Suggested data settings for it: num_classes=4, min_resize=crop_size=frame size (32),
-train_scale_range=(32, 32), and random_flip=False (a left-right flip turns 'left' into 'right').
+The defaults (16x16 frames, a 2 px target moving 1 px per frame) suit a patch-4 ViT: a target
+narrower than a patch, moving by less than half a patch, changes each patch's content
+differently for +1 and -1 px, which is what lets a small model read the direction early in
+training. (A target as wide as a patch, or a step of half a patch, looks the same either way.)
+
+Suggested data settings: num_classes=4, min_resize=crop_size=frame size, train_scale_range=(size,
+size), random_flip=False (a left-right flip turns 'left' into 'right').
 
     python -m data.synthetic --out /tmp/motion            # train-0000i-of-00004, eval-...
 Videos are a function of (seed, split, index) only, so any sharding gives the same data.
 """
 import argparse
 import dataclasses
+import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -27,15 +34,15 @@ _SPLITS = {'train': 0, 'eval': 1}
 
 @dataclasses.dataclass
 class MotionSpec:
-    frame_size: int = 32
+    frame_size: int = 16
     num_frames: int = 16          # stored frames per video
-    target_size: int = 6
-    speed: tuple = (2, 4)         # px per frame, drawn per video from [low, high]
-    num_distractors: tuple = (1, 2)
-    distractor_sizes: tuple = (3, 4, 8, 10)  # never the target's size
+    target_size: int = 2
+    speed: tuple = (1, 1)         # px per frame, drawn per video from [low, high]
+    num_distractors: tuple = (0, 0)
+    distractor_sizes: tuple = (3, 5)  # never the target's size
     jitter: int = 2               # distractors move up to this many px per axis per frame
     noise: float = 6.0            # std of Gaussian pixel noise (levels)
-    jpeg_quality: int = 90
+    jpeg_quality: int = 95        # with full-resolution chroma: the target is 2 px wide
 
 
 def make_video(spec: MotionSpec, label: int, rng: np.random.Generator) -> np.ndarray:
@@ -87,7 +94,8 @@ def write_split(out_dir: str, prefix: str, split: str, num_videos: int, num_shar
                 rng = _video_rng(seed, split, index)
                 label = int(rng.integers(len(CLASSES)))
                 video = make_video(spec, label, rng)
-                jpegs = [tf.io.encode_jpeg(frame, quality=spec.jpeg_quality).numpy()
+                jpegs = [tf.io.encode_jpeg(frame, quality=spec.jpeg_quality,
+                                           chroma_downsampling=False).numpy()
                          for frame in video]
                 end_us = int(1e6 * spec.num_frames / 10)  # nominally 10 fps, like DMVR's shards
                 example = dmvr.make_sequence_example(jpegs, label, CLASSES[label],
@@ -144,11 +152,21 @@ def ensure(data_config) -> None:
         field = f'{split}_shards'
         pattern = data_config[field]
         folder, prefix = _split_target(pattern, f'config.data.{field}', split)
-        if tf.io.gfile.glob(pattern):
-            continue
         count = int(data_config.get(f'synthetic_num_{split}', default_count))
+        # What the shards hold is recorded beside them, so changed settings are never mixed up
+        # with shards made from other ones.
+        made_with = json.dumps({'spec': dataclasses.asdict(spec), 'seed': seed, 'count': count},
+                               sort_keys=True)
+        record = os.path.join(folder, f'{prefix}.motion.json')
+        if tf.io.gfile.glob(pattern):
+            if os.path.exists(record) and open(record).read() != made_with:
+                raise VtxError(f'the shards {pattern} were generated with other synthetic settings '
+                               f'({record}); delete them or set config.data.{field} to a new folder')
+            continue
         write_split(folder, prefix, split, count, int(data_config.get('synthetic_num_shards', 4)),
                     spec, seed)
+        with open(record, 'w') as f:
+            f.write(made_with)
         if not tf.io.gfile.glob(pattern):
             raise VtxError(f"config.data.{field}={pattern!r} does not match the shards written "
                            f"as {folder}/{prefix}-0000i-of-0000n; use a glob like "

@@ -17,6 +17,8 @@ def tiny_demo_config(data_dir, **overrides):
     c = demo.get_config()
     c.data.train_shards = os.path.join(data_dir, 'train-*-of-*')
     c.data.eval_shards = os.path.join(data_dir, 'eval-*-of-*')
+    c.data.synthetic_num_train = 64  # what demo_data_dir holds
+    c.data.synthetic_num_eval = 20
     c.model.hidden_size = 32
     c.model.mlp_dim = 64
     c.model.num_layers = 2
@@ -39,6 +41,7 @@ def demo_cli(data_dir, workdir, *extra):
     overrides = {
         'data.train_shards': os.path.join(data_dir, 'train-*-of-*'),
         'data.eval_shards': os.path.join(data_dir, 'eval-*-of-*'),
+        'data.synthetic_num_train': 64, 'data.synthetic_num_eval': 20,
         'model.hidden_size': 32, 'model.mlp_dim': 64, 'model.num_layers': 2,
         'model.drop_path_rate': 0.1,  # randomness in the step must resume too
         'train.batch_size': 8, 'train.log_every_steps': 2,
@@ -53,6 +56,6 @@ def demo_data_dir(tmp_path_factory):
     """A small motion set in the demo's format, generated once per test session."""
     from data import synthetic
     path = tmp_path_factory.mktemp('demo_motion')
-    c = tiny_demo_config(str(path), **{'data.synthetic_num_train': 64, 'data.synthetic_num_eval': 20})
+    c = tiny_demo_config(str(path))
     synthetic.ensure(c.data)
     return str(path)

@@ -25,7 +25,7 @@ def test_empty_shard_glob(demo_data_dir, tmp_path):
 
 def test_frames_of_the_wrong_size_for_the_model(demo_data_dir, tmp_path):
     config = tiny_demo_config(demo_data_dir, **{'data.crop_size': 24, 'data.min_resize': 24})
-    with pytest.raises(VtxError, match='image_size=32'):
+    with pytest.raises(VtxError, match='image_size=16'):
         train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 

@@ -40,7 +40,7 @@ def params_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp('export')
     c = tiny_demo_config(str(root))
     model = build_model(c.model)
-    params = nn.meta.unbox(model.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, 32, 32, 3)),
+    params = nn.meta.unbox(model.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, 16, 16, 3)),
                                       train=False)['params'])
     # A non-zero head, so that the logits depend on the input.
     params = jax.tree_util.tree_map_with_path(
@@ -60,7 +60,8 @@ def test_artefact_reloads_in_a_fresh_process_with_any_batch(params_checkpoint, f
     predictor = predict.Predictor(config, ckpt)
     rng = np.random.default_rng(0)
     for batch in (3, 1):
-        clips = rng.normal(size=(batch, 8, 32, 32, 3)).astype(np.float32)
+        d = config.data
+        clips = rng.normal(size=(batch, d.num_frames, d.crop_size, d.crop_size, 3)).astype(np.float32)
         np.save(tmp_path / 'in.npy', clips)
         result = run(['-c', LOADERS[fmt], out, str(tmp_path / 'in.npy'), str(tmp_path / 'out.npy')])
         assert result.returncode == 0, result.stderr[-3000:]
@@ -72,7 +73,7 @@ def test_artefact_reloads_in_a_fresh_process_with_any_batch(params_checkpoint, f
     with open(os.path.join(out, export.SERVING_META)) as f:
         meta = json.load(f)
     assert meta['label_names'] == LABELS  # from the checkpoint's metadata
-    assert meta['input']['shape'] == ['B', 8, 32, 32, 3]
+    assert meta['input']['shape'] == ['B', 8, 16, 16, 3]
     assert meta['normalization']['scale'] == '2 * x / 255 - 1'  # the demo's zero_centering
     assert meta['test_protocol']['eval_aggregation'] == config.data.eval_aggregation
     assert meta['model']['hidden_size'] == 32
@@ -91,7 +92,7 @@ def test_cli_lowers_for_several_platforms_and_refuses_bad_output(params_checkpoi
     shown = run(['-c', check, out])
     assert shown.returncode == 0, shown.stderr[-3000:]
     platforms, shape = json.loads(shown.stdout.strip().splitlines()[-1])
-    assert platforms == ['cpu', 'cuda', 'tpu'] and shape == '(b, 8, 32, 32, 3)', shown.stdout
+    assert platforms == ['cpu', 'cuda', 'tpu'] and shape == '(b, 8, 16, 16, 3)', shown.stdout
 
     again = run(['-m', 'vtx.export', '--config', 'configs/demo.py', f'--checkpoint={ckpt}',
                  *tiny, '--format=stablehlo', f'--out={out}'])

@@ -28,7 +28,7 @@ def run_layouts():
                                                 'mesh.fsdp_min_size': 64})
     model = build_model(config.model)
     rng = np.random.default_rng(0)
-    batches = [{'image': rng.standard_normal((8, 8, 32, 32, 3)).astype(np.float32),
+    batches = [{'image': rng.standard_normal((8, 8, 16, 16, 3)).astype(np.float32),
                 'label': rng.integers(0, 4, 8).astype(np.int32)} for _ in range(3)]
     results = {}
     for name, devices, (model_axis, placement) in [('single', jax.devices()[:1], (1, 'replicated'))] + [

@@ -174,11 +174,18 @@ def traced_macs(fn, state, batch) -> dict:
     return count_macs(inner, weight_vars)
 
 
+# Model fields that change how, not what, a model computes, at their reference setting: MFU
+# counts the model's work as this reference performs it (no recomputation; the pooling of
+# MViT as the convolution it is, not the equivalent elementwise sum).
+REFERENCE_IMPLEMENTATION = {'remat': False, 'pool_implementation': 'conv'}
+
+
 def model_macs(config, batch: int, mode: str) -> int:
-    """MACs of one `mode` step without rematerialisation: the model's useful work, for MFU."""
+    """MACs of one `mode` step with every fast path at its reference: the model's work, for MFU."""
     config = copy.deepcopy(config)
-    if 'remat' in config.model:
-        config.model.remat = False
+    for field, value in REFERENCE_IMPLEMENTATION.items():
+        if field in config.model:
+            config.model[field] = value
     config, model, state, tx, schedule = abstract_setup(config)
     fn = step_function(config, model, tx, schedule, mode)
     return traced_macs(fn, state, _abstract_batch(config, batch))['macs']
