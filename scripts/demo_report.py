@@ -19,6 +19,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--workdir_root', default=os.path.join(REPO, 'workdirs', 'demo_report'))
     args, extra = parser.parse_known_args()
+    os.makedirs(args.workdir_root, exist_ok=True)
     rows = []
     for title, temporal in VARIANTS:
         workdir = os.path.join(args.workdir_root, temporal)
