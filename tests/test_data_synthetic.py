@@ -61,7 +61,8 @@ def test_ensure_writes_once_and_deterministically(tmp_path):
     synthetic.ensure(a)
     synthetic.ensure(b)
     names = sorted(os.listdir(tmp_path / 'a'))
-    assert names == [f'{s}-0000{i}-of-00003' for s in ('eval', 'train') for i in range(3)]
+    assert names == sorted([f'{s}-0000{i}-of-00003' for s in ('eval', 'train') for i in range(3)]
+                           + ['eval.motion.json', 'train.motion.json'])
     for name in names:
         assert (tmp_path / 'a' / name).read_bytes() == (tmp_path / 'b' / name).read_bytes()
     stamp = os.stat(tmp_path / 'a' / names[0]).st_mtime_ns
@@ -70,6 +71,9 @@ def test_ensure_writes_once_and_deterministically(tmp_path):
     batches = list(pipeline.eval_batches(a, global_batch_size=4))
     assert sum(int(x['mask'].sum()) for x in batches) == 8
     assert batches[0]['image'].shape == (4, 1, 8, 32, 32, 3)
+    a.synthetic_num_train = 30  # other settings than the shards on disk were made with
+    with pytest.raises(VtxError, match='generated with other synthetic settings'):
+        synthetic.ensure(a)
     a.num_classes = 5
     with pytest.raises(VtxError, match='num_classes=5'):
         synthetic.ensure(a)

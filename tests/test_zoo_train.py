@@ -36,6 +36,7 @@ def test_zoo_config_trains_and_evaluates(name, demo_data_dir, tmp_path):
     for field in ('train_shards', 'eval_shards', 'synthetic', 'num_classes', 'crop_size',
                   'min_resize', 'train_scale_range', 'random_resized_crop'):
         config.data[field] = demo.data[field]
+    config.data.update({k: v for k, v in demo.data.items() if k.startswith('synthetic_')})
     config.data.update(data_overrides)
     config.data.num_train_examples = 64
     config.train.update({'batch_size': 4, 'eval_batch_size': 4, 'num_steps': 2, 'grad_accum_steps': 2,

@@ -22,7 +22,6 @@ import math
 import os
 import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
