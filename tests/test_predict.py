@@ -127,7 +127,9 @@ def test_batched_probabilities_aggregate_each_video_alone(workdir, demo_data_dir
     c = tiny_config(demo_data_dir, **{'data.eval_aggregation': aggregation})
     predictor = predict.Predictor(c, workdir)
     rng = np.random.default_rng(0)
-    views = [rng.normal(size=(3, 8, 32, 32, 3)).astype(np.float32) for _ in range(3)]
+    d = c.data
+    views = [rng.normal(size=(3, d.num_frames, d.crop_size, d.crop_size, 3)).astype(np.float32)
+             for _ in range(3)]
     probs = predictor.probabilities(views, batch_size=2)  # batches of 2, the last padded
     for video, row in zip(views, probs):
         logits = np.stack([predictor.logits(view[None])[0] for view in video]).astype(np.float64)

@@ -37,6 +37,8 @@ def test_zoo_config_trains_and_evaluates(name, demo_data_dir, tmp_path):
                   'min_resize', 'train_scale_range', 'random_resized_crop'):
         config.data[field] = demo.data[field]
     config.data.update({k: v for k, v in demo.data.items() if k.startswith('synthetic_')})
+    # The models below are sized for 32x32 frames: the demo's 16x16 frames are resized up.
+    config.data.update({'min_resize': 32, 'crop_size': 32, 'train_scale_range': (32, 32)})
     config.data.update(data_overrides)
     config.data.num_train_examples = 64
     config.train.update({'batch_size': 4, 'eval_batch_size': 4, 'num_steps': 2, 'grad_accum_steps': 2,
