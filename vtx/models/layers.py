@@ -124,6 +124,8 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention with separate query/key/value projections and an output projection.
 
     Feature j of q/k/v belongs to head j // head_dim (head-major), as in every official model.
+    Subclasses change what attends to what by overriding `mix_keys_values` (XViT's space-time
+    mixing), which sees the projected keys and values [..., L, D] before the head split.
     """
     num_heads: int
     qkv_bias: bool = True
@@ -137,15 +139,21 @@ class SelfAttention(nn.Module):
         head_dim = dim // self.num_heads
 
         def project(name):
-            y = dense(dim, ('embed', 'heads'), use_bias=self.qkv_bias, dtype=self.dtype, name=name)(x)
-            return y.reshape(*lead, length, self.num_heads, head_dim)
+            return dense(dim, ('embed', 'heads'), use_bias=self.qkv_bias, dtype=self.dtype,
+                         name=name)(x)
 
+        query = project('query')
+        key, value = self.mix_keys_values(project('key'), project('value'))
+        split = lambda y: y.reshape(*lead, length, self.num_heads, head_dim)
         dropout_rng = None
         if self.attention_dropout_rate > 0 and not deterministic:
             dropout_rng = self.make_rng('dropout')
         context = dot_product_attention(
-            project('query'), project('key'), project('value'), dropout_rng=dropout_rng,
+            split(query), split(key), split(value), dropout_rng=dropout_rng,
             dropout_rate=self.attention_dropout_rate, deterministic=deterministic,
             implementation=self.implementation)
         context = context.reshape(*lead, length, dim)
         return dense(dim, ('heads', 'embed'), dtype=self.dtype, name='out')(context)
+
+    def mix_keys_values(self, key, value):
+        return key, value

@@ -4,9 +4,7 @@ Attention stays spatial (each frame's tokens attend to the tokens of the same fr
 and values carry channels from the neighbouring frames: a fold of channels is taken from frame t+1
 and the next fold from frame t-1. Queries are never mixed.
 """
-from typing import Any
 
-import flax.linen as nn
 import jax.numpy as jnp
 
 from vtx.errors import VtxError
@@ -30,42 +28,19 @@ def temporal_channel_shift(x, num_segments: int, fold: int):
     return z.reshape(x.shape)
 
 
-class SpaceTimeMixingAttention(nn.Module):
+class SpaceTimeMixingAttention(layers.SelfAttention):
     """Multi-head self-attention over [N, L, D] whose keys/values are time-shifted when `mix`.
 
     Projections are named query/key/value/out (the official fused `qkv` is split on import).
     The shift acts on channel c = head * head_dim + j, before the head split, as in the official.
     """
-    num_heads: int
     mix: bool = False
     num_segments: int = 8
     shift_div: int = 8
-    qkv_bias: bool = True
-    attention_dropout_rate: float = 0.0
-    dtype: Any = jnp.float32
-    attention_implementation: str = 'xla'
 
-    @nn.compact
-    def __call__(self, x, deterministic: bool = True):
-        *lead, length, dim = x.shape
-        head_dim = dim // self.num_heads
-
-        def project(name):
-            return layers.dense(dim, ('embed', 'heads'), use_bias=self.qkv_bias, dtype=self.dtype,
-                                name=name)(x)
-
-        q, k, v = project('query'), project('key'), project('value')
-        if self.mix:
-            fold = dim // self.shift_div
-            k = temporal_channel_shift(k, self.num_segments, fold)
-            v = temporal_channel_shift(v, self.num_segments, fold)
-        split = lambda y: y.reshape(*lead, length, self.num_heads, head_dim)
-        dropout_rng = None
-        if self.attention_dropout_rate > 0 and not deterministic:
-            dropout_rng = self.make_rng('dropout')
-        context = layers.dot_product_attention(
-            split(q), split(k), split(v), dropout_rng=dropout_rng,
-            dropout_rate=self.attention_dropout_rate, deterministic=deterministic,
-            implementation=self.attention_implementation)
-        context = context.reshape(*lead, length, dim)
-        return layers.dense(dim, ('heads', 'embed'), dtype=self.dtype, name='out')(context)
+    def mix_keys_values(self, key, value):
+        if not self.mix:
+            return key, value
+        fold = key.shape[-1] // self.shift_div
+        return (temporal_channel_shift(key, self.num_segments, fold),
+                temporal_channel_shift(value, self.num_segments, fold))

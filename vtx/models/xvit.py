@@ -60,9 +60,11 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         y = layers.layer_norm(self.layer_norm_eps, self.dtype, name='norm1')(x)
-        y = SpaceTimeMixingAttention(self.num_heads, self.mix, self.num_segments, self.shift_div,
-                                     self.qkv_bias, self.attention_dropout_rate, self.dtype,
-                                     self.attention_implementation, name='attn')(y, deterministic)
+        y = SpaceTimeMixingAttention(
+            self.num_heads, qkv_bias=self.qkv_bias,
+            attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
+            implementation=self.attention_implementation, mix=self.mix,
+            num_segments=self.num_segments, shift_div=self.shift_div, name='attn')(y, deterministic)
         x = x + layers.DropPath(self.drop_path_rate)(y, deterministic)
         y = layers.layer_norm(self.layer_norm_eps, self.dtype, name='norm2')(x)
         y = layers.Mlp(self.mlp_dim, 0.0, self.dtype, name='mlp')(y, deterministic)
