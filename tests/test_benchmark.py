@@ -52,7 +52,8 @@ def test_cli_json_lines(capsys):
 
 # Fast paths that change how a result is computed (not what): every official parity case whose
 # model takes the field must still pass with it switched on.
-FAST_PATHS = {'pool_implementation': 'shifted_sum'}
+FAST_PATHS = {'pool_implementation': 'shifted_sum', 'fused_qkv': True, 'scan_layers': True,
+              'attention_implementation': 'jax'}
 
 
 def _parity_cases():

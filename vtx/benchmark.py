@@ -14,7 +14,8 @@ forward is left out, as MFU counts the model's work, not the hardware's) and the
 in the same run: a large square matmul in the model's compute dtype on the same devices.
 Fast paths are config fields, so each is benchmarked by an override, e.g.
 `--config.model.dtype=bfloat16` (fp32 master params), `--config.model.remat=True`,
-`--config.model.attention_implementation=cudnn` (GPU, global attention),
+`--config.model.attention_implementation=jax|cudnn` (global attention; cuDNN flash on GPU),
+`--config.model.fused_qkv=True`, `--config.model.scan_layers=True` (ViT/TokShift, XViT),
 `--config.model.pool_implementation=shifted_sum` (MViT pooling without grouped convolutions).
 """
 import argparse
@@ -29,10 +30,8 @@ import numpy as np
 
 from vtx import report, sharding, train
 from vtx.errors import VtxError
-from vtx.models import build_model
+from vtx.models import IMPLEMENTATION_FIELDS, build_model
 
-# Model fields that choose how (not what) the model computes; echoed with every result.
-FAST_PATH_FIELDS = ('remat', 'attention_implementation', 'pool_implementation')
 _COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -122,9 +121,10 @@ def benchmark(config, batch: int = 1, mode: str = 'train', warmup: int = 1, step
         'backend': jax.default_backend(), 'devices': jax.device_count(),
         'device_kind': jax.devices()[0].device_kind,
         'input_shape_per_view': list(train.input_shape(config, 1)),
-        'fast_paths': {k: config.model[k] for k in FAST_PATH_FIELDS
-                       if k in config.model},
-        'compile_s': compile_s, 'warmup_steps': warmup, 'steps': steps,
+        'fast_paths': {k: config.model[k] for k in IMPLEMENTATION_FIELDS
+                       if k in config.model and k != 'dtype'},
+        'compile_s': compile_s, 'lower_s': costs['lower_s'], 'xla_compile_s': costs['xla_compile_s'],
+        'warmup_steps': warmup, 'steps': steps,
         'step_s_median': median, 'step_s_min': min(times), 'step_s_max': max(times),
         'step_s_all': times, 'clips_per_sec': batch / median,
         'macs_per_step': useful_macs, 'executed_macs_per_step': costs['macs'],
@@ -141,7 +141,8 @@ def format_result(r: dict) -> str:
     mem = r['peak_memory_bytes_device'] or r['peak_memory_bytes_xla']
     return (f"{r['model']} {r['mode']} batch {r['batch']} {r['dtype']} on {r['devices']}x "
             f"{r['device_kind']} {r['fast_paths']}\n"
-            f"  compile {r['compile_s']:.1f} s; step {r['step_s_median'] * 1e3:.1f} ms median "
+            f"  compile {r['compile_s']:.1f} s (trace+lower {r['lower_s']:.1f}, XLA "
+            f"{r['xla_compile_s']:.1f}); step {r['step_s_median'] * 1e3:.1f} ms median "
             f"(min {r['step_s_min'] * 1e3:.1f}, max {r['step_s_max'] * 1e3:.1f}, n={r['steps']}); "
             f"{r['clips_per_sec']:.2f} clips/s\n"
             f"  {r['achieved_flops_per_sec'] / 1e9:.1f} GFLOP/s (2 x MACs; XLA count "

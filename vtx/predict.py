@@ -17,7 +17,6 @@ for a bad config, checkpoint or label file.
 import dataclasses
 import json
 import os
-import re
 import sys
 from typing import Dict, List, Optional, Sequence
 
@@ -32,7 +31,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from vtx import checkpoint  # noqa: E402
 from vtx.errors import VtxError  # noqa: E402
-from vtx.models import build_model, model_class  # noqa: E402
+from vtx.models import IMPLEMENTATION_FIELDS, build_model, model_class  # noqa: E402
 
 def shard_settings(data_config):
     """(fps or None for the native rate, short side, JPEG qscale) of the config's shards."""
@@ -53,8 +52,9 @@ def video_views(path: str, data_config) -> np.ndarray:
 
 def model_differences(stored: Optional[dict], configured: dict) -> List[str]:
     """Fields where the model a checkpoint was made for differs from config.model, each side
-    completed with the family's defaults. Dropout rates and compute settings (dtype, attention
-    kernel, rematerialisation) do not change what the params mean and are not compared."""
+    completed with the family's defaults. Dropout rates and how the model computes
+    (`IMPLEMENTATION_FIELDS`: dtype, attention kernel, remat, ...) do not change what the params
+    mean and are not compared."""
     if not stored:
         return []
     if stored.get('name') != configured.get('name'):
@@ -63,7 +63,7 @@ def model_differences(stored: Optional[dict], configured: dict) -> List[str]:
                 if f.default is not dataclasses.MISSING}
     out = []
     for key in sorted(set(stored) | set(configured)):
-        if re.search(r'drop|dtype|implementation|remat', key):
+        if 'drop' in key or key in IMPLEMENTATION_FIELDS:
             continue
         a, b = stored.get(key, defaults.get(key)), configured.get(key, defaults.get(key))
         if json.dumps(a, default=str) != json.dumps(b, default=str):

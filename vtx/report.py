@@ -21,6 +21,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,7 @@ import ml_collections
 
 from vtx import sharding, train
 from vtx.errors import VtxError
-from vtx.models import build_model
+from vtx.models import IMPLEMENTATION_FIELDS, build_model
 
 MODES = ('forward', 'train')
 
@@ -173,16 +174,10 @@ def traced_macs(fn, state, batch) -> dict:
     return count_macs(inner, weight_vars)
 
 
-# Model fields that change how, not what, a model computes, at their reference setting: MFU
-# counts the model's work as this reference performs it (no recomputation; the pooling of
-# MViT as the convolution it is, not the equivalent elementwise sum).
-REFERENCE_IMPLEMENTATION = {'remat': False, 'pool_implementation': 'conv'}
-
-
 def model_macs(config, batch: int, mode: str) -> int:
     """MACs of one `mode` step with every fast path at its reference: the model's work, for MFU."""
     config = copy.deepcopy(config)
-    for field, value in REFERENCE_IMPLEMENTATION.items():
+    for field, value in IMPLEMENTATION_FIELDS.items():
         if field in config.model:
             config.model[field] = value
     config, model, state, tx, schedule = abstract_setup(config)
@@ -198,14 +193,19 @@ def step_costs(fn, state, batch, mode: str, compile: bool = True):
     compiled count) and there is no memory analysis (None, None for the executable).
     """
     macs = traced_macs(fn, state, batch)
+    start = time.perf_counter()
     lowered = fn.lower(state, batch)
+    lowered_at = time.perf_counter()
     compiled = lowered.compile() if compile else None
+    compiled_at = time.perf_counter()
     cost = (compiled or lowered).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     out = {'xla_flops': float(cost.get('flops', float('nan'))),
            'transcendentals': float(cost.get('transcendentals', 0.0)),
            'macs': macs['macs'],
-           'peak_memory_bytes': peak_memory_bytes(compiled) if compile else None}
+           'peak_memory_bytes': peak_memory_bytes(compiled) if compile else None,
+           # Tracing + lowering to HLO (Python), then XLA's compilation: what scan_layers cuts.
+           'lower_s': lowered_at - start, 'xla_compile_s': compiled_at - lowered_at}
     if mode == 'forward':  # in a train step the weight-gradient matmuls look like attention
         out['macs_excluding_attention'] = macs['macs_excluding_attention']
     return compiled, out
@@ -223,7 +223,7 @@ def analyse(config, batch: int = 1, modes=MODES, compile_modes=MODES) -> dict:
            'params': int(sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))),
            'backend': jax.default_backend(),
            'views_per_video': d.eval_num_clips * d.eval_num_crops}
-    per_batch = ('peak_memory_bytes', 'compiled')
+    per_batch = ('peak_memory_bytes', 'compiled', 'lower_s', 'xla_compile_s')
     for mode in modes:
         fn = step_function(config, model, tx, schedule, mode)
         _, costs = step_costs(fn, state, _abstract_batch(config, batch), mode,

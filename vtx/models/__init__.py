@@ -21,6 +21,13 @@ FAMILIES = {
 }
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
+# Fields that choose how a model computes, not what, each at its reference setting. They never
+# change what the parameters mean (`vtx.predict` ignores them when matching a checkpoint to a
+# config), and MFU counts a model's work as the reference performs it (`vtx.report.model_macs`):
+# no recomputation under remat, MViT's pooling as the convolution it is.
+IMPLEMENTATION_FIELDS = {'dtype': 'float32', 'remat': False, 'attention_implementation': 'xla',
+                         'pool_implementation': 'conv', 'fused_qkv': False, 'scan_layers': False}
+
 
 class UnknownModelError(VtxError):
     pass

@@ -35,6 +35,12 @@ def layer_norm(eps: float, dtype: Dtype = jnp.float32, name: Optional[str] = Non
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('norm',)))
 
 
+# 'xla': the einsum attention below (float32 softmax, bias, mask, dropout). 'jax':
+# `jax.nn.dot_product_attention`, which picks its cuDNN flash kernel on GPU where the shapes and
+# dtype allow and XLA elsewhere. 'cudnn': that kernel or an error.
+ATTENTION_IMPLEMENTATIONS = ('xla', 'jax', 'cudnn')
+
+
 def dot_product_attention(query, key, value, *, bias=None, mask=None, dropout_rng=None,
                           dropout_rate: float = 0.0, deterministic: bool = True,
                           implementation: str = 'xla'):
@@ -42,14 +48,18 @@ def dot_product_attention(query, key, value, *, bias=None, mask=None, dropout_rn
 
     `bias` broadcasts against the [..., heads, q_length, kv_length] scores; `mask` is True where
     attention is allowed. The softmax runs in float32 whatever the compute dtype, as the official
-    models do. `implementation='cudnn'` uses `jax.nn.dot_product_attention`'s fused GPU kernel
-    (no bias, mask or dropout on that path).
+    models do. `implementation` is one of ATTENTION_IMPLEMENTATIONS; the 'jax' and 'cudnn'
+    paths serve global attention (no bias, mask or attention dropout).
     """
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise VtxError(f'config.model.attention_implementation={implementation!r}: use one of '
+                       f'{ATTENTION_IMPLEMENTATIONS}')
     if implementation != 'xla':
         if bias is not None or mask is not None or (dropout_rate > 0 and not deterministic):
             raise VtxError(f"attention implementation {implementation!r} supports neither bias, "
                              "mask nor attention dropout; use 'xla'")
-        return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
+        return jax.nn.dot_product_attention(
+            query, key, value, implementation=None if implementation == 'jax' else implementation)
     head_dim = query.shape[-1]
     scores = jnp.einsum('...qhd,...khd->...hqk', query, key) / jnp.sqrt(head_dim).astype(query.dtype)
     scores = scores.astype(jnp.float32)
@@ -82,12 +92,14 @@ class Mlp(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: drops the whole residual branch per sample, rescales survivors by 1/(1-p)."""
+    """Stochastic depth: drops the whole residual branch per sample, rescales survivors by 1/(1-p).
+
+    `rate` may be a traced scalar (a per-layer rate under `apply_layers(scan=True)`)."""
     rate: float = 0.0
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
-        if self.rate == 0.0 or deterministic:
+        if deterministic or (not isinstance(self.rate, jax.Array) and self.rate == 0.0):
             return x
         keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.rate,
                                     (x.shape[0],) + (1,) * (x.ndim - 1))
@@ -116,14 +128,75 @@ class PatchEmbed(nn.Module):
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(x)
 
 
+def apply_layers(parent: nn.Module, block: type[nn.Module], layer_args: Sequence[dict], x,
+                 deterministic: bool, *, name: str, remat: bool = False, scan: bool = False):
+    """Runs `block(**layer_args[i], name=f'{name}_{i}')` on x for i in order, inside `parent`.
+
+    `remat` recomputes each layer in the backward. `scan` is a compile-time fast path: every run
+    of consecutive layers whose arguments agree (but for `drop_path_rate`) becomes one
+    `jax.lax.scan` over their parameters, stacked at call time, so XLA compiles one layer body
+    per run instead of one per layer. The parameter tree is the unrolled one either way, so
+    checkpoints and converters do not depend on it; dropout masks are drawn differently.
+    """
+    if not scan or parent.is_initializing():  # init always unrolls to create the parameters
+        layer = nn.remat(block, static_argnums=(2,)) if remat else block
+        for i, args in enumerate(layer_args):
+            x = layer(**args, name=f'{name}_{i}')(x, deterministic)
+        return x
+    params = nn.meta.unbox(parent.variables['params'])
+    fixed = lambda args: {k: v for k, v in args.items() if k != 'drop_path_rate'}
+    start = 0
+    while start < len(layer_args):
+        stop = start + 1
+        while stop < len(layer_args) and fixed(layer_args[stop]) == fixed(layer_args[start]):
+            stop += 1
+        args = fixed(layer_args[start])
+        rates = [layer_args[i]['drop_path_rate'] for i in range(start, stop)]
+        stacked = jax.tree.map(lambda *p: jnp.stack(p),
+                               *(params[f'{name}_{i}'] for i in range(start, stop)))
+        rngs = {} if deterministic else {
+            'dropout': jax.random.split(parent.make_rng('dropout'), stop - start)}
+
+        def body(h, xs):
+            layer_params, rate, layer_rngs = xs
+            # A rate shared by the whole run stays a Python float (DropPath skips work at 0).
+            module = block(**args, drop_path_rate=rates[0] if len(set(rates)) == 1 else rate,
+                           parent=None)
+            return module.apply({'params': layer_params}, h, deterministic, rngs=layer_rngs), None
+
+        x, _ = jax.lax.scan(jax.checkpoint(body) if remat else body, x,
+                            (stacked, jnp.asarray(rates, jnp.float32), rngs))
+        start = stop
+    return x
+
+
 def truncated_normal(stddev: float = 0.02) -> Callable:
     return nn.initializers.truncated_normal(stddev)
+
+
+class DenseParams(nn.Module):
+    """The kernel [in, out] and bias [out] of a Dense layer, declared (same names, shapes and
+    initialisers as `dense`) but not applied, so callers can fuse several projections into one
+    matmul and keep the unfused parameter tree."""
+    features: int
+    axes: tuple[str, str]
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        kernel = self.param('kernel', nn.with_logical_partitioning(default_kernel_init, self.axes),
+                            (in_features, self.features))
+        bias = (self.param('bias', nn.with_logical_partitioning(default_bias_init, self.axes[1:]),
+                           (self.features,)) if self.use_bias else None)
+        return kernel, bias
 
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention with separate query/key/value projections and an output projection.
 
     Feature j of q/k/v belongs to head j // head_dim (head-major), as in every official model.
+    `fused_qkv` computes the three projections as one [D, 3D] matmul; the parameters stay three
+    query/key/value Dense layers, so checkpoints and converters do not depend on it.
     Subclasses change what attends to what by overriding `mix_keys_values` (XViT's space-time
     mixing), which sees the projected keys and values [..., L, D] before the head split.
     """
@@ -132,18 +205,27 @@ class SelfAttention(nn.Module):
     attention_dropout_rate: float = 0.0
     dtype: Dtype = jnp.float32
     implementation: str = 'xla'
+    fused_qkv: bool = False
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         *lead, length, dim = x.shape
         head_dim = dim // self.num_heads
-
-        def project(name):
-            return dense(dim, ('embed', 'heads'), use_bias=self.qkv_bias, dtype=self.dtype,
-                         name=name)(x)
-
-        query = project('query')
-        key, value = self.mix_keys_values(project('key'), project('value'))
+        x = x.astype(self.dtype)
+        kernels, biases = zip(*(DenseParams(dim, ('embed', 'heads'), self.qkv_bias, name=name)(dim)
+                                for name in ('query', 'key', 'value')))
+        if self.fused_qkv:
+            # Stacked on a new axis before the output features, so a kernel sharded over heads
+            # stays sharded the same way.
+            qkv = jnp.einsum('...d,dpe->...pe', x, jnp.stack(kernels, 1).astype(self.dtype))
+            if self.qkv_bias:
+                qkv = qkv + jnp.stack(biases).astype(self.dtype)
+            query, key, value = (qkv[..., i, :] for i in range(3))
+        else:
+            query, key, value = (
+                jnp.einsum('...d,de->...e', x, k.astype(self.dtype))
+                + (0 if b is None else b.astype(self.dtype)) for k, b in zip(kernels, biases))
+        key, value = self.mix_keys_values(key, value)
         split = lambda y: y.reshape(*lead, length, self.num_heads, head_dim)
         dropout_rng = None
         if self.attention_dropout_rate > 0 and not deterministic:

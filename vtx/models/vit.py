@@ -27,6 +27,7 @@ class EncoderBlock(nn.Module):
     layer_norm_eps: float = 1e-6
     dtype: Any = jnp.float32
     attention_implementation: str = 'xla'
+    fused_qkv: bool = False
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
@@ -36,7 +37,7 @@ class EncoderBlock(nn.Module):
         y = layers.layer_norm(self.layer_norm_eps, self.dtype, name='attention_norm')(x)
         y = layers.SelfAttention(self.num_heads, attention_dropout_rate=self.attention_dropout_rate,
                                  dtype=self.dtype, implementation=self.attention_implementation,
-                                 name='attn')(y, deterministic)
+                                 fused_qkv=self.fused_qkv, name='attn')(y, deterministic)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
         x = x + layers.DropPath(self.drop_path_rate)(y, deterministic)
         x = shift(x)
@@ -65,7 +66,10 @@ class VideoViT(nn.Module):
     head_zero_init: bool = True
     remat: bool = False
     dtype: Any = jnp.float32
+    # Fast paths that change how, not what, the model computes (docs/performance.md).
     attention_implementation: str = 'xla'
+    fused_qkv: bool = False
+    scan_layers: bool = False
 
     def check_input(self, video):
         if self.temporal not in ('none', 'token_shift'):
@@ -97,12 +101,16 @@ class VideoViT(nn.Module):
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
-        block = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
-        for i in range(self.num_layers):
-            x = block(self.num_heads, self.mlp_dim, self.num_frames, self.temporal, self.shift_div,
-                      self.dropout_rate, self.attention_dropout_rate,
-                      self.drop_path_rate * i / max(self.num_layers - 1, 1), self.layer_norm_eps,
-                      self.dtype, self.attention_implementation, name=f'layer_{i}')(x, not train)
+        layer_args = [dict(
+            num_heads=self.num_heads, mlp_dim=self.mlp_dim, num_frames=self.num_frames,
+            temporal=self.temporal, shift_div=self.shift_div, dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            drop_path_rate=self.drop_path_rate * i / max(self.num_layers - 1, 1),
+            layer_norm_eps=self.layer_norm_eps, dtype=self.dtype,
+            attention_implementation=self.attention_implementation, fused_qkv=self.fused_qkv)
+            for i in range(self.num_layers)]
+        x = layers.apply_layers(self, EncoderBlock, layer_args, x, not train, name='layer',
+                                remat=self.remat, scan=self.scan_layers)
         x = layers.layer_norm(self.layer_norm_eps, self.dtype, name='encoder_norm')(x)
         features = x[:, 0].reshape(batch, frames, self.hidden_size)
         head_init = nn.initializers.zeros if self.head_zero_init else layers.default_kernel_init

@@ -56,6 +56,7 @@ class Block(nn.Module):
     drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     attention_implementation: str = 'xla'
+    fused_qkv: bool = False
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
@@ -63,7 +64,7 @@ class Block(nn.Module):
         y = SpaceTimeMixingAttention(
             self.num_heads, qkv_bias=self.qkv_bias,
             attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
-            implementation=self.attention_implementation, mix=self.mix,
+            implementation=self.attention_implementation, fused_qkv=self.fused_qkv, mix=self.mix,
             num_segments=self.num_segments, shift_div=self.shift_div, name='attn')(y, deterministic)
         x = x + layers.DropPath(self.drop_path_rate)(y, deterministic)
         y = layers.layer_norm(self.layer_norm_eps, self.dtype, name='norm2')(x)
@@ -125,7 +126,10 @@ class XViT(nn.Module):
     head_layer_norm_eps: float = 1e-5
     remat: bool = False
     dtype: Any = jnp.float32
-    attention_implementation: str = 'xla'  # or 'cudnn' (fused GPU kernel, backbone only)
+    # Fast paths that change how, not what, the model computes (docs/performance.md).
+    attention_implementation: str = 'xla'  # layers.ATTENTION_IMPLEMENTATIONS (backbone only)
+    fused_qkv: bool = False
+    scan_layers: bool = False
 
     def _check(self, video):
         if video.ndim != 5 or video.shape[2:4] != (self.image_size, self.image_size):
@@ -183,12 +187,15 @@ class XViT(nn.Module):
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
         mixing = set(range(self.num_layers) if self.mixing_layers is None else self.mixing_layers)
-        block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
-        for i in range(self.num_layers):
-            x = block(self.num_heads, self.mlp_dim, i in mixing, self.num_segments, self.shift_div,
-                      True, self.layer_norm_eps, self.attention_dropout_rate,
-                      self.drop_path_rate * i / max(self.num_layers - 1, 1), self.dtype,
-                      self.attention_implementation, name=f'blocks_{i}')(x, not train)
+        layer_args = [dict(
+            num_heads=self.num_heads, mlp_dim=self.mlp_dim, mix=i in mixing,
+            num_segments=self.num_segments, shift_div=self.shift_div,
+            layer_norm_eps=self.layer_norm_eps, attention_dropout_rate=self.attention_dropout_rate,
+            drop_path_rate=self.drop_path_rate * i / max(self.num_layers - 1, 1), dtype=self.dtype,
+            attention_implementation=self.attention_implementation, fused_qkv=self.fused_qkv)
+            for i in range(self.num_layers)]
+        x = layers.apply_layers(self, Block, layer_args, x, not train, name='blocks',
+                                remat=self.remat, scan=self.scan_layers)
         x = layers.layer_norm(self.layer_norm_eps, self.dtype, name='norm')(x)
         features = x[:, 0].reshape(batch, frames, d)
         logits = TemporalHead(self.num_classes, self.head_num_layers, self.head_num_heads,

@@ -1,0 +1,86 @@
+"""Fast paths that change how a model computes, not what: `fused_qkv` and `scan_layers` keep the
+parameter tree, and give the reference path's logits and gradients; scan really scans.
+
+(That they also reproduce the official logits is `test_benchmark.py::
+test_fast_paths_keep_official_parity`.)"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vtx.models.vit import VideoViT
+from vtx.models.xvit import XViT
+
+FRAMES = 8
+
+
+def tiny(family, **fields):
+    if family == 'vit':
+        return VideoViT(num_classes=5, num_frames=FRAMES, image_size=16, patch_size=8,
+                        hidden_size=32, mlp_dim=48, num_heads=4, num_layers=3,
+                        temporal='token_shift', head_zero_init=False, **fields)
+    # Mixing in blocks 0 and 2 only: the scan splits the stack into runs of equal blocks.
+    return XViT(num_classes=5, image_size=16, patch_size=8, pos_embed_image_size=16,
+                hidden_size=32, mlp_dim=48, num_heads=4, num_layers=4, mixing_layers=(0, 1, 3),
+                head_num_heads=4, head_mlp_dim=16, dropout_rate=0.0, **fields)
+
+
+def video():
+    return jnp.asarray(np.random.default_rng(0).normal(size=(2, FRAMES, 16, 16, 3)), jnp.float32)
+
+
+def loss_and_grads(model, params, x, train=False, rng=None):
+    def loss(p):
+        logits = model.apply({'params': p}, x, train=train,
+                             rngs=None if rng is None else {'dropout': rng})
+        return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
+    return jax.value_and_grad(loss)(params)
+
+
+@pytest.mark.parametrize('family', ['vit', 'xvit'])
+@pytest.mark.parametrize('fields', [{'fused_qkv': True}, {'scan_layers': True},
+                                    {'scan_layers': True, 'remat': True, 'fused_qkv': True}],
+                         ids=['fused_qkv', 'scan', 'scan_remat_fused'])
+def test_same_tree_logits_and_grads(family, fields):
+    x = video()
+    reference = tiny(family)
+    params = reference.init(jax.random.PRNGKey(0), x)['params']
+    fast = tiny(family, **fields)
+    fast_params = fast.init(jax.random.PRNGKey(0), x)['params']
+    same = jax.tree.map(lambda a, b: a.shape == b.shape and bool(jnp.all(a == b)),
+                        nn.meta.unbox(params), nn.meta.unbox(fast_params))
+    assert all(jax.tree.leaves(same)), 'the fast path must create the same parameters'
+    params = nn.meta.unbox(params)
+    ref_loss, ref_grads = loss_and_grads(reference, params, x)
+    fast_loss, fast_grads = loss_and_grads(fast, params, x)
+    np.testing.assert_allclose(fast_loss, ref_loss, rtol=1e-5)
+    # float32 rounding of a different summation order, relative to the gradients' scale (some,
+    # like the key bias's, are zero up to rounding).
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(ref_grads))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale),
+                 fast_grads, ref_grads)
+
+
+@pytest.mark.parametrize('family,runs', [('vit', [3]), ('xvit', [2, 1, 1])])
+def test_scan_compiles_one_body_per_run(family, runs):
+    """Consecutive equal blocks run as one scan; drop-path rates differ per layer and still train."""
+    model = tiny(family, scan_layers=True, drop_path_rate=0.5)
+    x = video()
+    params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), x)['params'])
+    jaxpr = jax.make_jaxpr(lambda p: model.apply({'params': p}, x, train=True,
+                                                 rngs={'dropout': jax.random.PRNGKey(1)}))(params)
+    lengths = [e.params['length'] for e in jaxpr.jaxpr.eqns if e.primitive.name == 'scan']
+    assert lengths == runs
+    # Drop-path is live: two dropout keys give different losses, and gradients are finite.
+    loss_a, grads = loss_and_grads(model, params, x, train=True, rng=jax.random.PRNGKey(1))
+    loss_b, _ = loss_and_grads(model, params, x, train=True, rng=jax.random.PRNGKey(2))
+    assert loss_a != loss_b
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
+def test_unknown_attention_implementation_names_the_field():
+    from vtx.errors import VtxError
+    model = tiny('vit', attention_implementation='flash')
+    with pytest.raises(VtxError, match=r"config.model.attention_implementation='flash'.*'cudnn'"):
+        model.init(jax.random.PRNGKey(0), video())
