@@ -168,3 +168,33 @@ def test_inflate_2d_swin_matches_official(case):
         np.testing.assert_allclose(ours[key], official[key], atol=1e-6, rtol=0, err_msg=key)
     assert float(np.abs(ours['head/bias']).max()) == 0.0
     assert 0.005 < float(np.std(ours['head/kernel'])) < 0.02  # normal(0, 0.01) init
+
+
+@pytest.mark.parametrize('with_mask', [False, True])
+def test_window_attention_vjp_equals_autodiff_of_the_formula(with_mask):
+    """The hand-written backward of `window_attention` against JAX autodiff of the plain formula
+    softmax(q k^T / sqrt(d) + bias + mask) v, for q/k/v and the bias broadcast over windows."""
+    rng = np.random.default_rng(0)
+    windows, n, heads, hd = (2, 3), 10, 2, 4
+    qkv = jnp.asarray(rng.normal(size=(1, *windows, n, 3, heads, hd)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(heads, n, n)), jnp.float32)
+    mask = (jnp.asarray(np.where(rng.random((*windows, 1, n, n)) < 0.3, -100.0, 0.0), jnp.float32)
+            if with_mask else None)
+    cotangent = jnp.asarray(rng.normal(size=(1, *windows, n, heads, hd)), jnp.float32)
+
+    def formula(qkv, bias):
+        q, k, v = (qkv[..., i, :, :] for i in range(3))
+        s = jnp.einsum('...qhd,...khd->...hqk', q, k) / math.sqrt(hd) + bias
+        if mask is not None:
+            s = s + mask
+        return jnp.einsum('...hqk,...khd->...qhd', jax.nn.softmax(s, axis=-1), v)
+
+    def vjp(fn):
+        out, pullback = jax.vjp(fn, qkv, bias)
+        return out, pullback(cotangent)
+
+    out, (dqkv, dbias) = vjp(lambda a, b: video_swin.window_attention(a, b, mask, hd ** -0.5))
+    ref_out, (ref_dqkv, ref_dbias) = vjp(formula)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dqkv, ref_dqkv, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dbias, ref_dbias, rtol=1e-4, atol=1e-5)
