@@ -101,7 +101,7 @@ def main(argv=None):
     if torch_before and torch_then:
         print(f'torch.matmul 2048^2 now {torch_before:.0f} GFLOP/s; when the baseline ran '
               f'{torch_then:.0f} GFLOP/s (ratio {torch_before / torch_then:.2f})', flush=True)
-    peak = benchmark.matmul_peak(benchmark._COMPUTE_DTYPES['float32'])
+    peak = benchmark.matmul_peak('float32')
     print(f"matmul peak {peak['flops_per_sec'] / 1e9:.0f} GFLOP/s (2048^2 float32)", flush=True)
     if not args.json:
         print('| model | size | mode | official median (min) s | vtx median (min) s | speed-up | '
@@ -133,7 +133,7 @@ def main(argv=None):
                       + (f"{row['speedup']:.2f} | " if ref else '– | ')
                       + f"{row['gmacs_per_step']:.2f} | {100 * r['mfu']:.0f}% | "
                       f"{r['peak_memory_bytes_xla'] / 2**30:.1f} GiB |", flush=True)
-    peak_after = benchmark.matmul_peak(benchmark._COMPUTE_DTYPES['float32'])
+    peak_after = benchmark.matmul_peak('float32')
     print(f"matmul peak after: {peak_after['flops_per_sec'] / 1e9:.0f} GFLOP/s", flush=True)
     torch_after = torch_matmul_peak()
     if torch_after:

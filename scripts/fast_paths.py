@@ -64,7 +64,7 @@ def compare(config_name, field, value, size, rounds, steps, peaks):
                 config = report.load_config(path, overrides)
                 dtype = benchmark.compute_dtype(config)
                 if dtype not in peaks:
-                    peaks[dtype] = benchmark.matmul_peak(benchmark._COMPUTE_DTYPES[dtype])
+                    peaks[dtype] = benchmark.matmul_peak(dtype)
                 runs[side].append(benchmark.benchmark(config, 1, mode, 1, steps, peaks[dtype]))
         summary = {}
         for side, results in runs.items():

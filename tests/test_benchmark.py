@@ -10,7 +10,7 @@ from vtx import benchmark
 
 @pytest.fixture(scope='module')
 def peak():
-    return benchmark.matmul_peak(benchmark._COMPUTE_DTYPES['float32'], size=256, repeats=3)
+    return benchmark.matmul_peak('float32', size=256, repeats=3)
 
 
 def test_peak_measured(peak):

@@ -30,15 +30,12 @@ import numpy as np
 
 from vtx import report, sharding, train
 from vtx.errors import VtxError
-from vtx.models import IMPLEMENTATION_FIELDS, build_model
-
-_COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
+from vtx.models import COMPUTE_DTYPES, IMPLEMENTATION_FIELDS, build_model
 
 def compute_dtype(config) -> str:
     name = str(config.model.get('dtype', 'float32'))
-    if name not in _COMPUTE_DTYPES:
-        raise VtxError(f'config.model.dtype={name!r}: use one of {sorted(_COMPUTE_DTYPES)}')
+    if name not in COMPUTE_DTYPES:
+        raise VtxError(f'config.model.dtype={name!r}: use one of {sorted(COMPUTE_DTYPES)}')
     return name
 
 
@@ -51,8 +48,9 @@ def _timed(fn, repeats: int) -> list[float]:
     return times
 
 
-def matmul_peak(dtype, size: int | None = None, warmup: int = 2, repeats: int = 10) -> dict:
-    """FLOP/s of a [n*D, n] @ [n, n] matmul sharded over the D devices (median of `repeats`)."""
+def matmul_peak(dtype: str, size: int | None = None, warmup: int = 2, repeats: int = 10) -> dict:
+    """FLOP/s of a [n*D, n] @ [n, n] matmul in `dtype` (a name, e.g. 'bfloat16') sharded over the
+    D devices (median of `repeats`)."""
     devices = jax.devices()
     size = size or (2048 if jax.default_backend() == 'cpu' else 8192)
     mesh = jax.sharding.Mesh(np.array(devices), ('data',))
@@ -113,7 +111,7 @@ def benchmark(config, batch: int = 1, mode: str = 'train', warmup: int = 1, step
     times = _timed(step, steps)
     median = statistics.median(times)
     dtype = compute_dtype(config)
-    peak = peak or matmul_peak(_COMPUTE_DTYPES[dtype])
+    peak = peak or matmul_peak(dtype)
     useful_macs = report.model_macs(config, batch, mode)
     achieved = 2 * useful_macs / median
     return {
@@ -168,7 +166,7 @@ def main(argv=None):
     args = parser.parse_args(rest)
     try:
         config = report.load_config(args.config, overrides)
-        peak = matmul_peak(_COMPUTE_DTYPES[compute_dtype(config)], args.peak_size)
+        peak = matmul_peak(compute_dtype(config), args.peak_size)
         for mode in args.mode or report.MODES:
             result = benchmark(config, args.batch, mode, args.warmup, args.steps, peak)
             result['config'] = args.config

@@ -19,7 +19,8 @@ FAMILIES = {
     'mvit': 'vtx.models.mvit:MViT',                # plain MViT and STTS-MViT
     'stts_video_swin': 'vtx.models.video_swin:VideoSwin',
 }
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# config.model.dtype -> the compute dtype (parameters stay float32).
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 # Fields that choose how a model computes, not what, each at its reference setting. They never
 # change what the parameters mean (`vtx.predict` ignores them when matching a checkpoint to a
@@ -54,7 +55,7 @@ def build_model(model_config):
         raise UnknownModelError(f'config.model has field(s) {unknown} that {cls.__name__} does not '
                                 f'take; accepted: {sorted(fields)}')
     if 'dtype' in kwargs:
-        if kwargs['dtype'] not in _DTYPES:
-            raise UnknownModelError(f"config.model.dtype={kwargs['dtype']!r}: use one of {sorted(_DTYPES)}")
-        kwargs['dtype'] = _DTYPES[kwargs['dtype']]
+        if kwargs['dtype'] not in COMPUTE_DTYPES:
+            raise UnknownModelError(f"config.model.dtype={kwargs['dtype']!r}: use one of {sorted(COMPUTE_DTYPES)}")
+        kwargs['dtype'] = COMPUTE_DTYPES[kwargs['dtype']]
     return cls(**kwargs)
