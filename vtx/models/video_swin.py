@@ -118,9 +118,9 @@ def _split_heads_first(qkv):
     return qkv[0], qkv[1], qkv[2]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def window_attention(qkv, bias, mask, scale: float):
-    """softmax(scale q k^T + bias + mask) v for qkv [..., N, 3, heads, hd] -> [..., N, heads, hd].
+@jax.custom_vjp
+def window_attention(qkv, bias, mask):
+    """softmax(q k^T / sqrt(hd) + bias + mask) v: qkv [..., N, 3, heads, hd] -> [..., N, heads, hd].
 
     `bias` and `mask` broadcast against the [..., heads, N, N] scores (float32 softmax); the mask
     is a constant and gets no gradient. The forward is `layers.dot_product_attention`. The VJP is
@@ -128,14 +128,14 @@ def window_attention(qkv, bias, mask, scale: float):
     over windows with a matmul: autodiff of the same forward kept several [..., N, N] tensors and
     reduced the bias gradient with a strided loop, together ~70% of Swin-T's train step on CPU.
     """
-    del scale  # dot_product_attention scales by 1/sqrt(hd) itself
     q, k, v = (t[..., 0, :, :] for t in jnp.split(qkv, 3, axis=-3))
     return layers.dot_product_attention(q, k, v, bias=bias if mask is None else bias + mask)
 
 
-def _window_attention_fwd(qkv, bias, mask, scale):
+def _window_attention_fwd(qkv, bias, mask):
     q, k, v = _split_heads_first(qkv)
-    s = jnp.einsum('...qd,...kd->...qk', q * scale, k, preferred_element_type=jnp.float32)
+    s = jnp.einsum('...qd,...kd->...qk', q * q.shape[-1] ** -0.5, k,
+                   preferred_element_type=jnp.float32)
     s = s + bias.astype(jnp.float32)
     if mask is not None:
         s = s + mask
@@ -145,9 +145,9 @@ def _window_attention_fwd(qkv, bias, mask, scale):
     return jnp.swapaxes(o, -2, -3), (q, k, v, o, p, bias)
 
 
-def _window_attention_bwd(scale, residuals, do):
+def _window_attention_bwd(residuals, do):
     q, k, v, o, p, bias = residuals
-    f32 = jnp.float32
+    f32, scale = jnp.float32, q.shape[-1] ** -0.5
     do = jnp.swapaxes(do, -2, -3).astype(v.dtype)  # [..., heads, N, hd]
     dv = jnp.einsum('...qk,...qd->...kd', p, do)
     dp = jnp.einsum('...qd,...kd->...qk', do, v, preferred_element_type=f32)
@@ -202,16 +202,16 @@ class WindowAttention(nn.Module):
         x = self.mix_input(x)
         qkv = layers.dense(3 * dim, ('embed', 'heads'), use_bias=self.qkv_bias, dtype=self.dtype,
                            kernel_init=layers.truncated_normal(0.02), name='qkv')(x)
+        qkv = qkv.reshape(*lead, n, 3, self.num_heads, head_dim)
         bias = self.position_bias(table, win, x.shape[1])
         if self.attention_dropout_rate > 0 and not deterministic:
-            q, k, v = jnp.split(qkv.reshape(*lead, n, 3, self.num_heads, head_dim), 3, axis=-3)
+            q, k, v = jnp.split(qkv, 3, axis=-3)
             o = layers.dot_product_attention(
                 q[..., 0, :, :], k[..., 0, :, :], v[..., 0, :, :],
                 bias=bias if mask is None else bias + mask, dropout_rng=self.make_rng('dropout'),
                 dropout_rate=self.attention_dropout_rate, deterministic=deterministic)
         else:
-            o = window_attention(qkv.reshape(*lead, n, 3, self.num_heads, head_dim), bias, mask,
-                                 head_dim ** -0.5)
+            o = window_attention(qkv, bias, mask)
         o = self.mix_output(o).reshape(*lead, n, dim)
         o = layers.dense(dim, ('heads', 'embed'), dtype=self.dtype,
                          kernel_init=layers.truncated_normal(0.02), name='proj')(o)
