@@ -6,11 +6,11 @@ average) stays near chance. The data is generated on first use (no download) int
 """
 import os
 
-from configs import base
+from vtx import config
 
 
 def get_config():
-    c = base.get_config()
+    c = config.defaults()
     root = os.path.join(os.environ.get('VTX_DATA_DIR', os.path.expanduser('~/.cache/vtx')), 'demo_motion_v2')
     c.data.synthetic = 'motion'  # generated on first use (data/synthetic.py)
     c.data.synthetic_num_train = 2000
@@ -32,7 +32,7 @@ def get_config():
     c.data.shard_short_side = 0  # the synthetic frames are stored at their final size
     c.data.zero_centering = True
 
-    c.model = base.model_config('vit')
+    c.model = config.model_defaults('vit')
     c.model.temporal = 'token_shift'
     c.model.shift_div = 4
     c.model.num_classes = 4

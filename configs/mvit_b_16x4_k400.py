@@ -8,12 +8,12 @@ Known gaps: the official backbone lr is 0 for the first 3 epochs and then min(co
 schedule with constant per-group multipliers). AUG.NUM_SAMPLE = 2 (two augmented copies of each
 decoded clip per batch) has no vtx field.
 """
-from configs import base
+from vtx import config
 
 
 def get_config():
-    c = base.get_config()
-    c.model = base.model_config('mvit')
+    c = config.defaults()
+    c.model = config.model_defaults('mvit')
     c.model.num_classes = 400
     c.model.num_frames = 16
     c.model.image_size = 224

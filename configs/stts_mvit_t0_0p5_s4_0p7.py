@@ -5,11 +5,11 @@ Temporal selection before block 0 keeps int(8 x 0.5) = 4 of the 8 patch frames; 
 before block 4 keeps one 12x12 window (int(196 x 0.7367) = 144 tokens) per frame of the 14x14 grid.
 Fields not set here are those of `configs/stts_mvit_t0_0p9_s4_0p9.py`.
 """
-from configs import stts_mvit_t0_0p9_s4_0p9
+from vtx import config
 
 
 def get_config():
-    c = stts_mvit_t0_0p9_s4_0p9.get_config()
+    c = config.get('stts_mvit_t0_0p9_s4_0p9')
     c.model.time_left_ratio = 0.5
     c.model.space_left_ratio = 0.7367
     return c

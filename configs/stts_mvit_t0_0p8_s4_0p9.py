@@ -4,10 +4,10 @@ Module name = the zoo name with '-' -> '_' and '.' -> 'p' (dots are not valid in
 Temporal selection before block 0 keeps int(8 x 0.75) = 6 of the 8 patch frames; fields not set
 here are those of `configs/stts_mvit_t0_0p9_s4_0p9.py`.
 """
-from configs import stts_mvit_t0_0p9_s4_0p9
+from vtx import config
 
 
 def get_config():
-    c = stts_mvit_t0_0p9_s4_0p9.get_config()
+    c = config.get('stts_mvit_t0_0p9_s4_0p9')
     c.model.time_left_ratio = 0.75
     return c

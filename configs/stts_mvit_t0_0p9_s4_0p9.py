@@ -7,11 +7,11 @@ of the 14x14 grid. Fine-tunes MViT-B (`--config.init_from`, the official TRAIN.F
 recipe of `configs/mvit_b_16x4_k400.py`; top-k sigma 0.1 decaying linearly to 0.
 The other MViT-T0-S4 entries import this one and change only the keep ratios.
 """
-from configs import mvit_b_16x4_k400
+from vtx import config
 
 
 def get_config():
-    c = mvit_b_16x4_k400.get_config()
+    c = config.get('mvit_b_16x4_k400')
     c.model.time_pruning_loc = 0
     c.model.time_left_ratio = 0.875
     c.model.space_pruning_loc = 4

@@ -4,10 +4,10 @@ Module name = the zoo name with '-' -> '_' and '.' -> 'p' (dots are not valid in
 Keeps int(32 // 2 x 0.75) = 12 of the 16 patch frames before stage 0; everything else is
 `configs/stts_videoswin_t0_0p9.py` (the official configs differ only in this ratio).
 """
-from configs import stts_videoswin_t0_0p9
+from vtx import config
 
 
 def get_config():
-    c = stts_videoswin_t0_0p9.get_config()
+    c = config.get('stts_videoswin_t0_0p9')
     c.model.time_left_ratio = 0.75
     return c

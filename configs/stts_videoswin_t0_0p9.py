@@ -9,12 +9,12 @@ official `load_from`). Recipe of the mmcv config: AdamW 3e-4, 10 epochs, 0.8-epo
 (DistOptimizerHook update_interval = 8; the 8 GPUs are Video Swin's documented setup), the
 predictor at lr x 0.001 (as written in the config), top-k sigma 0.05 decaying linearly to 0.
 """
-from configs import base
+from vtx import config
 
 
 def get_config():
-    c = base.get_config()
-    c.model = base.model_config('stts_video_swin')
+    c = config.defaults()
+    c.model = config.model_defaults('stts_video_swin')
     c.model.num_classes = 400
     c.model.patch_size = (2, 4, 4)
     c.model.embed_dim = 128

@@ -7,11 +7,11 @@ shift), uniform 32-segment sampling, 1 clip x 3 crops at test. Init: the Kinetic
 it with `python -m convert` and pass `--config.init_from`.
 Fields not set here are those of `configs/swin_base_patch244_window877_kinetics400_1k.py`.
 """
-from configs import swin_base_patch244_window877_kinetics400_1k
+from vtx import config
 
 
 def get_config():
-    c = swin_base_patch244_window877_kinetics400_1k.get_config()
+    c = config.get('swin_base_patch244_window877_kinetics400_1k')
     c.model.num_classes = 174
     c.model.window_size = (16, 7, 7)
     c.model.drop_path_rate = 0.4

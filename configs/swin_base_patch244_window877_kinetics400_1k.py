@@ -6,12 +6,12 @@ at test with softmax averaging. Init: the 2D ImageNet-1K Swin-B (swin_base_patch
 inflated (`--config.init_from=` that .pth: patch kernel averaged over time, bias tables tiled).
 The other Video Swin zoo configs build on this one and set only what their official configs change.
 """
-from configs import base
+from vtx import config
 
 
 def get_config():
-    c = base.get_config()
-    c.model = base.model_config('video_swin')
+    c = config.defaults()
+    c.model = config.model_defaults('video_swin')
     c.model.num_classes = 400
     c.model.patch_size = (2, 4, 4)
     c.model.embed_dim = 128

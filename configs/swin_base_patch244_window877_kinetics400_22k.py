@@ -7,11 +7,11 @@ at test with softmax averaging. Init: the 2D ImageNet-22K Swin-B
 averaged over time, bias tables tiled).
 Fields not set here are those of `configs/swin_base_patch244_window877_kinetics400_1k.py`.
 """
-from configs import swin_base_patch244_window877_kinetics400_1k
+from vtx import config
 
 
 def get_config():
-    c = swin_base_patch244_window877_kinetics400_1k.get_config()
+    c = config.get('swin_base_patch244_window877_kinetics400_1k')
     c.model.drop_path_rate = 0.2
     c.optimizer.learning_rate = 3e-4
     return c

@@ -6,11 +6,11 @@ Kinetics-600, from the same inflated 2D ImageNet-22K Swin-B (swin_base_patch4_wi
 as `--config.init_from`). Fields not set here are those of
 `configs/swin_base_patch244_window877_kinetics400_22k.py`.
 """
-from configs import swin_base_patch244_window877_kinetics400_22k
+from vtx import config
 
 
 def get_config():
-    c = swin_base_patch244_window877_kinetics400_22k.get_config()
+    c = config.get('swin_base_patch244_window877_kinetics400_22k')
     c.model.num_classes = 600
 
     c.data.num_classes = 600

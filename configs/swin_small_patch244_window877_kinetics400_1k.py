@@ -6,11 +6,11 @@ at test with softmax averaging. Init: the 2D ImageNet-1K Swin-S (swin_small_patc
 inflated (`--config.init_from=` that .pth: patch kernel averaged over time, bias tables tiled).
 Fields not set here are those of `configs/swin_base_patch244_window877_kinetics400_1k.py`.
 """
-from configs import swin_base_patch244_window877_kinetics400_1k
+from vtx import config
 
 
 def get_config():
-    c = swin_base_patch244_window877_kinetics400_1k.get_config()
+    c = config.get('swin_base_patch244_window877_kinetics400_1k')
     c.model.embed_dim = 96
     c.model.num_heads = (3, 6, 12, 24)
     c.model.drop_path_rate = 0.1

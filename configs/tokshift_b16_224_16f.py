@@ -5,11 +5,11 @@ ImageNet-21k init (`--config.init_from=ViT-B_16_Img21.npz`), SGD with gradient a
 over 10 batches.
 Fields not set here are those of `configs/tokshift_b16_224_8f.py`.
 """
-from configs import tokshift_b16_224_8f
+from vtx import config
 
 
 def get_config():
-    c = tokshift_b16_224_8f.get_config()
+    c = config.get('tokshift_b16_224_8f')
     c.model.num_frames = 16
     c.data.num_frames = 16
 

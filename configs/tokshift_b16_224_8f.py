@@ -6,12 +6,12 @@ over 10 batches.
 The other TokShift-Transformer zoo configs (and the ViT baseline) build on this one and set only
 what their official configs change.
 """
-from configs import base
+from vtx import config
 
 
 def get_config():
-    c = base.get_config()
-    c.model = base.model_config('vit')
+    c = config.defaults()
+    c.model = config.model_defaults('vit')
     c.model.temporal = 'token_shift'
     c.model.shift_div = 4
     c.model.num_classes = 400

@@ -5,11 +5,11 @@ ImageNet-21k init (`--config.init_from=ViT-B_16_Img21.npz`), SGD with gradient a
 over 10 batches.
 Fields not set here are those of `configs/tokshift_b16_224_8f.py`.
 """
-from configs import tokshift_b16_224_8f
+from vtx import config
 
 
 def get_config():
-    c = tokshift_b16_224_8f.get_config()
+    c = config.get('tokshift_b16_224_8f')
     c.model.image_size = 256
 
     c.data.min_resize = 256  # test: short side 256, then 3 crops of 256

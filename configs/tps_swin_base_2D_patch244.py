@@ -7,11 +7,11 @@ tokens). 32x2 clips, 4 clips x 3 crops at test, softmax averaging. Init: the 2D 
 inflated (`--config.init_from=` its .pth).
 Fields not set here are those of `configs/tps_swin_tiny_2D_patch244_k400.py`.
 """
-from configs import tps_swin_tiny_2D_patch244_k400
+from vtx import config
 
 
 def get_config():
-    c = tps_swin_tiny_2D_patch244_k400.get_config()
+    c = config.get('tps_swin_tiny_2D_patch244_k400')
     c.model.embed_dim = 128
     c.model.depths = (2, 2, 18, 2)
     c.model.num_heads = (4, 8, 16, 32)

@@ -7,11 +7,11 @@ softmax averaging. Init: a Kinetics-400 TPS model (`load_from`), converted and p
 `--config.init_from`.
 Fields not set here are those of `configs/tps_swin_tiny_2D_patch244_k400.py`.
 """
-from configs import tps_swin_tiny_2D_patch244_k400
+from vtx import config
 
 
 def get_config():
-    c = tps_swin_tiny_2D_patch244_k400.get_config()
+    c = config.get('tps_swin_tiny_2D_patch244_k400')
     c.model.num_classes = 48
 
     c.data.num_classes = 48

@@ -6,12 +6,12 @@ window 1x7x7, temporal patch shift in odd blocks and channel shift in even block
 Init: the 2D ImageNet-1K Swin-T, inflated (`--config.init_from=swin_tiny_patch4_window7_224.pth`).
 The other TPS zoo configs build on this one and set only what their official configs change.
 """
-from configs import base
+from vtx import config
 
 
 def get_config():
-    c = base.get_config()
-    c.model = base.model_config('tps')
+    c = config.defaults()
+    c.model = config.model_defaults('tps')
     c.model.num_classes = 400
     c.model.patch_size = (2, 4, 4)
     c.model.embed_dim = 96

@@ -7,10 +7,10 @@ softmax averaging. Init: a Kinetics-400 TPS model (`load_from`), converted and p
 `--config.init_from`. The recipe is the Something-Something v2 one: fields not set here are those
 of `configs/tps_swin_tiny_2D_patch244_sthv2.py`.
 """
-from configs import tps_swin_tiny_2D_patch244_sthv2
+from vtx import config
 
 
 def get_config():
-    c = tps_swin_tiny_2D_patch244_sthv2.get_config()
+    c = config.get('tps_swin_tiny_2D_patch244_sthv2')
     c.data.num_train_examples = 86017  # Something-Something v1 train videos
     return c

@@ -7,11 +7,11 @@ Fine-tuned from ImageNet-21k ViT-B/16: `--config.init_from=` the timm
 `jx_vit_base_patch16_224_in21k` .pth or the original .npz.
 Fields not set here are those of `configs/xvit_k600.py`.
 """
-from configs import xvit_k600
+from vtx import config
 
 
 def get_config():
-    c = xvit_k600.get_config()
+    c = config.get('xvit_k600')
     c.model.num_classes = 400
 
     c.data.num_classes = 400

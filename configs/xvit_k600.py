@@ -7,12 +7,12 @@ Fine-tuned from ImageNet-21k ViT-B/16: `--config.init_from=` the timm
 `jx_vit_base_patch16_224_in21k` .pth or the original .npz.
 The other XViT zoo configs build on this one and set only what their official configs change.
 """
-from configs import base
+from vtx import config
 
 
 def get_config():
-    c = base.get_config()
-    c.model = base.model_config('xvit')
+    c = config.defaults()
+    c.model = config.model_defaults('xvit')
     c.model.num_classes = 600
     c.model.image_size = 224
     c.model.patch_size = 16

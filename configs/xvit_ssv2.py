@@ -6,11 +6,11 @@ temporal embedding; 1-layer temporal transformer head. Fine-tuned from ImageNet-
 `--config.init_from=` the timm `jx_vit_base_patch16_224_in21k` .pth or the original .npz.
 Fields not set here are those of `configs/xvit_k600.py`.
 """
-from configs import xvit_k600
+from vtx import config
 
 
 def get_config():
-    c = xvit_k600.get_config()
+    c = config.get('xvit_k600')
     c.model.num_classes = 174
     c.model.num_segments = 16
     c.model.shift_div = 4

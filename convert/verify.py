@@ -40,7 +40,7 @@ def verify_case(case_dir: str, log=None) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from convert import engine, families
+    from vtx.convert import engine, families
     from vtx.models import build_model
 
     with open(os.path.join(case_dir, 'manifest.json')) as f:

@@ -62,13 +62,13 @@ def main(argv=None):
     parser.add_argument('--stride', type=int, default=2)
     args = parser.parse_args(argv)
 
-    from configs import base
-    from data import synthetic
+    from vtx import config as vtx_config
+    from vtx.data import synthetic
 
     cores = len(os.sched_getaffinity(0))
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        demo = base.get_config().data
+        demo = vtx_config.defaults().data
         demo.synthetic, demo.num_classes = 'motion', 4
         demo.train_shards = os.path.join(tmp, 'train-*-of-*')
         demo.eval_shards = os.path.join(tmp, 'eval-*-of-*')
@@ -79,7 +79,7 @@ def main(argv=None):
         synthetic.ensure(demo)
         runs.append(('motion demo, 8x32x32', demo))
 
-        large = base.get_config().data
+        large = vtx_config.defaults().data
         large.num_classes = args.num_classes if args.shards else 10
         large.train_shards = args.shards or _write_large_shards(tmp, 24, 2 * args.num_frames)
         large.num_frames, large.stride = args.num_frames, args.stride

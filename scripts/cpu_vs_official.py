@@ -27,6 +27,7 @@ sys.path.insert(0, REPO)
 
 from scripts.fast_paths import BASELINE_STEP, size_overrides  # noqa: E402
 from vtx import benchmark, report  # noqa: E402
+from vtx import config as vtx_config  # noqa: E402
 
 # short name -> (config, vtx fast paths used, how the baseline's table names the model)
 MODELS = {
@@ -112,7 +113,7 @@ def main(argv=None):
             if short == 'tps' and size == 'small':
                 continue  # TPS runs only 16 frame tokens: no small row (nor in the baseline)
             overrides = {**BASELINE_STEP, **size_overrides(config_name, size), **fast}
-            config = report.load_config(os.path.join(REPO, 'configs', config_name + '.py'), overrides)
+            config = vtx_config.load(config_name, overrides)
             for mode in report.MODES:
                 r = benchmark.benchmark(config, 1, mode, 1, STEPS[size], peak)
                 ref = official.get((short, size, MODE_NAMES[mode]))

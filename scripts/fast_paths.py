@@ -19,6 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from vtx import benchmark, report  # noqa: E402
+from vtx import config as vtx_config  # noqa: E402
 
 # (short name, config file, fast path field, its value) for the families that take the field.
 CASES = [
@@ -42,7 +43,7 @@ BASELINE_STEP = {'optimizer.name': 'sgd', 'optimizer.momentum': 0.9, 'optimizer.
 def size_overrides(config_name: str, size: str) -> dict:
     if size == 'full':
         return {}
-    config = report.load_config(os.path.join(REPO, 'configs', config_name + '.py'))
+    config = vtx_config.load(config_name)
     out = {'data.num_frames': 8, 'data.crop_size': 112}
     # Models that are built for one input size say so (Swin-family models take any size).
     out.update({f'model.{k}': v for k, v in (('num_frames', 8), ('image_size', 112))
@@ -53,7 +54,7 @@ def size_overrides(config_name: str, size: str) -> dict:
 def compare(config_name, field, value, size, rounds, steps, peaks):
     base = {**BASELINE_STEP, **size_overrides(config_name, size)}
     path = os.path.join(REPO, 'configs', config_name + '.py')
-    reference = report.load_config(path, base).model[field]
+    reference = vtx_config.load(path, base).model[field]
     sides = {'reference': {**base, f'model.{field}': reference},
              'fast': {**base, f'model.{field}': value}}
     rows = []
@@ -61,7 +62,7 @@ def compare(config_name, field, value, size, rounds, steps, peaks):
         runs = {side: [] for side in sides}
         for _ in range(rounds):
             for side, overrides in sides.items():
-                config = report.load_config(path, overrides)
+                config = vtx_config.load(path, overrides)
                 dtype = benchmark.compute_dtype(config)
                 if dtype not in peaks:
                     peaks[dtype] = benchmark.matmul_peak(dtype)

@@ -20,6 +20,7 @@ sys.path.insert(0, REPO)
 
 from scripts.stts_gmacs import ZOO as STTS_ZOO  # noqa: E402
 from vtx import report  # noqa: E402
+from vtx import config as vtx_config  # noqa: E402
 
 START, END = '<!-- model-table:start -->', '<!-- model-table:end -->'
 
@@ -55,7 +56,7 @@ def official_gmacs(entry: dict):
 
 def row(config_path: str, full_dir: str) -> dict:
     stem = os.path.splitext(os.path.basename(config_path))[0]
-    config = report.load_config(config_path)
+    config = vtx_config.load(config_path)
     r = report.analyse(config, batch=1, compile_modes=('forward',))
     entry_path = os.path.join(full_dir, ZOO.get(stem, stem) + '.json')
     entry = json.load(open(entry_path)) if os.path.exists(entry_path) else {}

@@ -26,6 +26,7 @@ sys.path.insert(0, REPO)
 
 from scripts.render_model_table import ZOO, official_gmacs, published_gflops  # noqa: E402
 from vtx import report  # noqa: E402
+from vtx import config as vtx_config  # noqa: E402
 from vtx.models import tps  # noqa: E402
 
 FRAMES = {'xvit': (8, 16, 24, 32, 48), 'tps': (16, 24, 32, 48, 64)}
@@ -38,7 +39,7 @@ TIME_RATIOS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 
 
 def _config(name, overrides=None):
-    return report.load_config(os.path.join(REPO, 'configs', name + '.py'), overrides)
+    return vtx_config.load(name, overrides)
 
 
 def forward_gmacs(config) -> float:

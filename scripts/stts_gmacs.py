@@ -11,7 +11,6 @@ length and crop). XLA counts every floating-point op (softmax, norms, GELU, adds
 sits a little above the official counter, which counts matmuls and convs only.
 """
 import argparse
-import importlib
 import json
 import os
 import statistics
@@ -25,6 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from vtx.models import build_model  # noqa: E402
+from vtx import config as vtx_config  # noqa: E402
 
 # config module -> parity/full entry
 ZOO = {
@@ -90,7 +90,7 @@ def main(argv=None):
     for name in args.configs:
         if name not in ZOO:
             parser.error(f'{name!r} is not an STTS zoo config; choose from {sorted(ZOO)}')
-        config = importlib.import_module(f'configs.{name}').get_config()
+        config = vtx_config.get(name)
         model, video, compiled = compiled_forward(config)
         ours = xla_gmacs(compiled)
         with open(os.path.join(args.full, ZOO[name] + '.json')) as f:
@@ -102,7 +102,7 @@ def main(argv=None):
             t = seconds_per_view(model, video, compiled, args.repeats)
             family = next((f for f in BACKBONE if name.startswith(f)), None)
             if family and family not in backbone_seconds:
-                base = importlib.import_module(f'configs.{BACKBONE[family]}').get_config()
+                base = vtx_config.get(BACKBONE[family])
                 backbone_seconds[family] = seconds_per_view(*compiled_forward(base), args.repeats)
             seconds = f'{t:.2f}'
             speedup = f'{backbone_seconds[family] / t:.2f}x' if family else '1.00x (backbone)'

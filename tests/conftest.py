@@ -13,8 +13,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 def tiny_demo_config(data_dir, **overrides):
     """configs/demo.py shrunk to seconds: a 2-layer TokShift on a small synthetic set in data_dir."""
-    from configs import demo
-    c = demo.get_config()
+    from vtx import config as vtx_config
+    c = vtx_config.get('demo')
     c.data.train_shards = os.path.join(data_dir, 'train-*-of-*')
     c.data.eval_shards = os.path.join(data_dir, 'eval-*-of-*')
     c.data.synthetic_num_train = 64  # what demo_data_dir holds
@@ -54,7 +54,7 @@ def demo_cli(data_dir, workdir, *extra):
 @pytest.fixture(scope='session')
 def demo_data_dir(tmp_path_factory):
     """A small motion set in the demo's format, generated once per test session."""
-    from data import synthetic
+    from vtx.data import synthetic
     path = tmp_path_factory.mktemp('demo_motion')
     c = tiny_demo_config(str(path))
     synthetic.ensure(c.data)

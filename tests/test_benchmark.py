@@ -66,7 +66,7 @@ def test_fast_paths_keep_official_parity(field):
     import dataclasses
     from unittest import mock
 
-    from convert import families
+    from vtx.convert import families
     from convert.verify import verify_case
     from vtx.models import model_class
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from convert import engine
-from convert.engine import ConversionTable, Rule
+from vtx.convert import engine
+from vtx.convert.engine import ConversionTable, Rule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = os.path.join(REPO, os.environ.get('VTX_PARITY_CASES', '../shared/parity/cases'))
@@ -150,7 +150,7 @@ def test_official_tokshift_checkpoint_is_unwrapped():
 
 @pytest.mark.parametrize('g_old,g_new', [(3, 5), (14, 16), (14, 24), (7, 4)])
 def test_align_corners_resize_matches_torch(g_old, g_new):
-    from convert.tokshift import resize_pos_embedding_align_corners
+    from vtx.convert.tokshift import resize_pos_embedding_align_corners
     pe = np.random.default_rng(1).normal(size=(1, 1 + g_old ** 2, 6)).astype(np.float32)
     ours = resize_pos_embedding_align_corners(pe, [(1, 1 + g_new ** 2, 6)])
     grid = torch.from_numpy(pe[0, 1:]).reshape(1, g_old, g_old, 6).permute(0, 3, 1, 2).double()
@@ -184,12 +184,12 @@ def _abstract(model_config, shape):
 def test_tokshift_npz_import_matches_official_load_from():
     """The case's checkpoint is the official model after `load_from(pretrained.npz)` with only the
     head randomised: every other tensor must be what our npz import produces."""
-    import convert
-    from convert import tokshift
+    import vtx.convert
+    from vtx.convert import tokshift
     path, manifest = _case('tokshift_tiny_t5_img44_npz')
     model_config = tokshift.model_config_from_manifest(manifest)
     abstract = _abstract(model_config, tokshift.example_input_shape(model_config))
-    ours = engine.flatten_params(convert.import_pretrained(
+    ours = engine.flatten_params(vtx.convert.import_pretrained(
         os.path.join(path, manifest['config']['tune_from']), model_config, abstract, log=None))
     official = engine.flatten_params(engine.convert(
         engine.load_checkpoint(os.path.join(path, 'checkpoint.pth')), tokshift.table(), abstract,
@@ -205,8 +205,8 @@ def test_tokshift_npz_import_matches_official_load_from():
 def test_xvit_timm_import_zero_temp_embed_and_fresh_head(tmp_path):
     """A timm-layout image ViT (the backbone keys of an XViT checkpoint without `base_model.`,
     plus the image classifier) initialises the backbone; temp_embed starts at zero."""
-    import convert
-    from convert import xvit
+    import vtx.convert
+    from vtx.convert import xvit
     path, manifest = _case('xvit_tiny_8f_partialshift')
     state = engine.load_checkpoint(os.path.join(path, 'checkpoint.pth'))
     image = {k[len('base_model.'):]: torch.from_numpy(v) for k, v in state.items()
@@ -216,7 +216,7 @@ def test_xvit_timm_import_zero_temp_embed_and_fresh_head(tmp_path):
     torch.save(image, str(tmp_path / 'vit_in21k.pth'))
     model_config = xvit.model_config_from_manifest(manifest)
     abstract = _abstract(model_config, xvit.example_input_shape(model_config))
-    params = engine.flatten_params(convert.import_pretrained(
+    params = engine.flatten_params(vtx.convert.import_pretrained(
         str(tmp_path / 'vit_in21k.pth'), model_config, abstract, log=None))
     np.testing.assert_array_equal(params['blocks_1/attn/key/kernel'],
                                   state['base_model.blocks.1.attn.qkv.weight'][32:64].T)
@@ -228,7 +228,7 @@ def test_xvit_timm_import_zero_temp_embed_and_fresh_head(tmp_path):
 def test_xvit_npz_import_maps_per_head_layout(tmp_path):
     """An ImageNet `.npz` (google-research layout: per-head attention kernels, HWIO patch kernel)
     written from an XViT fixture's backbone must give back that backbone."""
-    from convert import xvit
+    from vtx.convert import xvit
     path, manifest = _case('xvit_tiny_8f_partialshift')
     sd = engine.load_checkpoint(os.path.join(path, 'checkpoint.pth'))
     b = lambda k: sd['base_model.' + k]
@@ -272,11 +272,11 @@ def test_xvit_npz_import_maps_per_head_layout(tmp_path):
 # --------------------------------------------------------------------------- CLI
 
 def test_cli_writes_params_checkpoint_that_loads(tmp_path):
-    from convert import families, tokshift
+    from vtx.convert import families, tokshift
     from vtx import checkpoint
     path, manifest = _case('vit_tiny_baseline')
     out = str(tmp_path / 'converted')
-    cmd = [sys.executable, '-m', 'convert', '--family', 'tokshift',
+    cmd = [sys.executable, '-m', 'vtx.convert', '--family', 'tokshift',
            '--checkpoint', os.path.join(path, 'checkpoint.pth'),
            '--official_config', os.path.join(path, 'manifest.json'), '--out', out]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
@@ -295,7 +295,7 @@ def test_cli_writes_params_checkpoint_that_loads(tmp_path):
 def test_cli_refuses_wrong_family(tmp_path):
     path, _ = _case('xvit_tiny_k600cfg')
     proc = subprocess.run(
-        [sys.executable, '-m', 'convert', '--family', 'tokshift', '--checkpoint',
+        [sys.executable, '-m', 'vtx.convert', '--family', 'tokshift', '--checkpoint',
          os.path.join(path, 'checkpoint.pth'), '--official_config',
          os.path.join(CASES, 'tokshift_tiny_div4', 'manifest.json'), '--out', str(tmp_path / 'x')],
         cwd=REPO, capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': REPO})
@@ -328,7 +328,7 @@ def test_cli_reads_official_cfg_from_slowfast_checkpoint(tmp_path):
     the tiny fixture names a test-only backbone, which must be refused by name."""
     path, _ = _case('xvit_tiny_k600cfg')
     proc = subprocess.run(
-        [sys.executable, '-m', 'convert', '--family', 'xvit', '--checkpoint',
+        [sys.executable, '-m', 'vtx.convert', '--family', 'xvit', '--checkpoint',
          os.path.join(path, 'checkpoint.pth'), '--out', str(tmp_path / 'x')],
         cwd=REPO, capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': REPO})
     assert proc.returncode == 2

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import base
+from vtx import config as vtx_config
 from vtx.data import augment, dmvr, mixing, pipeline
 
 
@@ -70,7 +70,7 @@ def test_random_erasing_uses_one_box_for_all_frames():
 
 
 def _train_config(**overrides):
-    c = base.get_config().data
+    c = vtx_config.defaults().data
     c.num_classes, c.num_frames, c.crop_size, c.min_resize = 2, 3, 32, 24
     for k, v in overrides.items():
         c[k] = v

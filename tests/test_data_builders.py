@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import build_from_csv, build_from_frames, build_from_list, shards
+from vtx.data import build_from_csv, build_from_frames, build_from_list, shards
 from vtx.data import dmvr
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from configs import base
+from vtx import config as vtx_config
 from vtx.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +29,7 @@ READER = _reader()
 
 
 def _data_config(settings):
-    c = base.get_config().data
+    c = vtx_config.defaults().data
     c.eval_shards = ','.join(os.path.join(FIXTURES, s) for s in READER['shards'])
     c.num_classes = len(READER['label_map'])
     c.num_frames = settings['num_frames']

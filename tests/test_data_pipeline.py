@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import base
+from vtx import config as vtx_config
 from vtx.data import dmvr, pipeline
 from vtx.errors import VtxError
 
@@ -45,7 +45,7 @@ def shards(tmp_path_factory):
 
 
 def _config(shards, **overrides):
-    c = base.get_config().data
+    c = vtx_config.defaults().data
     c.train_shards = c.eval_shards = shards
     c.num_classes = NUM_CLASSES
     c.num_frames, c.stride = 4, 1

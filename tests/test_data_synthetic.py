@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from configs import base
-from data import synthetic
+from vtx import config as vtx_config
+from vtx.data import synthetic
 from vtx.data import pipeline
 from vtx.errors import VtxError
 
@@ -48,7 +48,7 @@ def test_label_is_in_the_motion_not_in_any_frame():
 
 def test_ensure_writes_once_and_deterministically(tmp_path):
     def config(folder):
-        c = base.get_config().data
+        c = vtx_config.defaults().data
         c.synthetic = 'motion'
         c.num_classes = 4
         c.train_shards = str(folder / 'train-*-of-*')

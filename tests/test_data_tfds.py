@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import base
+from vtx import config as vtx_config
 from vtx.data import pipeline
 from vtx.errors import VtxError
 
@@ -32,7 +32,7 @@ class TinyVideos(tfds.core.GeneratorBasedBuilder):
 def config(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp('tfds'))
     TinyVideos(data_dir=data_dir).download_and_prepare()
-    c = base.get_config().data
+    c = vtx_config.defaults().data
     c.tfds_name, c.tfds_data_dir = 'tiny_videos', data_dir
     c.num_classes, c.num_frames, c.min_resize, c.crop_size = 3, 2, 12, 8
     c.train_scale_range, c.shuffle_buffer = (12, 12), 4

@@ -74,7 +74,7 @@ def test_cli_errors_are_one_paragraph(demo_data_dir, tmp_path, args, expected):
     assert out.returncode == 2
     assert expected in out.stderr
     assert 'Traceback' not in out.stderr
-    errors = [line for line in out.stderr.splitlines() if line.startswith('vtx: error:')]
+    errors = [line for line in out.stderr.splitlines() if line.startswith('vtx-train: error:')]
     assert len(errors) == 1, out.stderr
 
 

@@ -3,7 +3,6 @@ shape inference only, a model with the official parameter count, and converting 
 exactly the official keys and shapes (placeholder values, never materialised) fills every vtx
 parameter with nothing left over."""
 import dataclasses
-import importlib
 import json
 import os
 
@@ -11,22 +10,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from convert import engine, families
+from vtx.convert import engine, families
+from vtx import config as vtx_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL = os.path.join(REPO, os.environ.get('VTX_PARITY_FULL', '../shared/parity/full'))
 
 # zoo entry (json stem) -> (vtx config module, converter family)
 ZOO = {
-    'vit_b16_224_8f': ('configs.vit_b16_224_8f', 'tokshift'),
-    'tokshift_b16_224_8f': ('configs.tokshift_b16_224_8f', 'tokshift'),
-    'tokshift_mr_b16_256_8f': ('configs.tokshift_mr_b16_256_8f', 'tokshift'),
-    'tokshift_hr_b16_384_8f': ('configs.tokshift_hr_b16_384_8f', 'tokshift'),
-    'tokshift_b16_224_16f': ('configs.tokshift_b16_224_16f', 'tokshift'),
-    'tokshift_large_hr_l16_384_8f': ('configs.tokshift_large_hr_l16_384_8f', 'tokshift'),
-    'tokshift_large_hr_l16_384_12f': ('configs.tokshift_large_hr_l16_384_12f', 'tokshift'),
-    'xvit_b16_16_k600': ('configs.xvit_k600', 'xvit'),
-    'xvit_b16_16_ss2': ('configs.xvit_ssv2', 'xvit'),
+    'vit_b16_224_8f': ('vit_b16_224_8f', 'tokshift'),
+    'tokshift_b16_224_8f': ('tokshift_b16_224_8f', 'tokshift'),
+    'tokshift_mr_b16_256_8f': ('tokshift_mr_b16_256_8f', 'tokshift'),
+    'tokshift_hr_b16_384_8f': ('tokshift_hr_b16_384_8f', 'tokshift'),
+    'tokshift_b16_224_16f': ('tokshift_b16_224_16f', 'tokshift'),
+    'tokshift_large_hr_l16_384_8f': ('tokshift_large_hr_l16_384_8f', 'tokshift'),
+    'tokshift_large_hr_l16_384_12f': ('tokshift_large_hr_l16_384_12f', 'tokshift'),
+    'xvit_b16_16_k600': ('xvit_k600', 'xvit'),
+    'xvit_b16_16_ss2': ('xvit_ssv2', 'xvit'),
 }
 
 
@@ -49,7 +49,7 @@ def test_zoo_config_matches_official(stem):
     with open(os.path.join(FULL, stem + '.json')) as f:
         entry = json.load(f)
     module, family = ZOO[stem]
-    config = importlib.import_module(module).get_config()
+    config = vtx_config.get(module)
     model = build_model(config.model)
     d = config.data
     abstract = engine.abstract_params_of(
@@ -91,5 +91,5 @@ def test_zoo_config_is_the_official_model(stem):
             {'cfg': yaml.safe_dump(entry['official_config'])})
     else:
         official = converter.model_config_from_manifest(entry)
-    ours = importlib.import_module(module).get_config().model
+    ours = vtx_config.get(module).model
     assert _fields(build_model(ours)) == _fields(build_model(official))

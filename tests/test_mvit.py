@@ -5,7 +5,6 @@ keep counts, and a state dict of exactly the official keys and shapes fills ever
 nothing left over.
 (Logit/probability parity of the `stts` cases runs in tests/test_parity.py.)"""
 import dataclasses
-import importlib
 import json
 import os
 
@@ -14,9 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from convert import engine, families
+from vtx.convert import engine, families
 from tests.conftest import REPO
 from vtx.models import build_model
+from vtx import config as vtx_config
 from vtx.models import mvit
 
 CASES = os.path.join(REPO, os.environ.get('VTX_PARITY_CASES', '../shared/parity/cases'))
@@ -26,8 +26,8 @@ FULL = os.path.join(REPO, os.environ.get('VTX_PARITY_FULL', '../shared/parity/fu
 def _config_module(stem: str) -> str:
     """parity/full stem -> config module: the zoo name with '-' -> '_' and '.' -> 'p'."""
     if stem.startswith('MViT-B_16x4'):
-        return 'configs.mvit_b_16x4_k400'
-    return 'configs.stts_' + stem.lower().replace('-', '_').replace('.', 'p')
+        return 'mvit_b_16x4_k400'
+    return 'stts_' + stem.lower().replace('-', '_').replace('.', 'p')
 
 
 def _full_entries():
@@ -169,7 +169,7 @@ def test_every_full_entry_has_a_config():
     entries = _full_entries()
     assert entries, f'no MViT*/VideoSwin-T0* entries under {FULL}'
     for stem in entries:
-        importlib.import_module(_config_module(stem))
+        vtx_config.resolve(_config_module(stem))
 
 
 def _fields(module):
@@ -182,7 +182,7 @@ def test_zoo_config_builds_the_official_model(stem):
     from vtx import optim
     with open(os.path.join(FULL, stem + '.json')) as f:
         entry = json.load(f)
-    config = importlib.import_module(_config_module(stem)).get_config()
+    config = vtx_config.get(_config_module(stem))
     model = build_model(config.model)
     # The zoo config states exactly the official architecture (including the selection ratios).
     official = families.converter('stts').model_config_from_manifest(entry)
@@ -223,7 +223,7 @@ def test_backbone_checkpoint_without_scorers_initialises_them(tmp_path):
     """STTS fine-tuning starts from a checkpoint without the predictors (official TRAIN.FINETUNE /
     load_from): every other tensor maps, the scorers get their initialisation."""
     import torch
-    from convert import stts
+    from vtx.convert import stts
     case_dir = os.path.join(CASES, 'stts_mvit_tiny_t0_s4')
     if not os.path.isdir(case_dir):
         pytest.skip(f'fixture {case_dir} is not available')

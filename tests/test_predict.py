@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED, demo_cli, tiny_demo_config
+from conftest import REPO, demo_cli, tiny_demo_config
 
 TINY_MODEL = ['--config.model.hidden_size=32', '--config.model.mlp_dim=64',
               '--config.model.num_layers=2']
@@ -24,7 +24,7 @@ CASES = os.path.join(REPO, os.environ.get('VTX_PARITY_CASES', '../shared/parity/
 
 def write_motion_mp4(path, label, size=(32, 32), num_frames=16, fps=10, seed=0):
     """An mp4 of the demo's motion task: a square moving in direction CLASSES[label]."""
-    from data import synthetic
+    from vtx.data import synthetic
     height, width = size
     spec = synthetic.MotionSpec(frame_size=max(size), num_frames=num_frames)
     video = synthetic.make_video(spec, label, np.random.default_rng(seed))[:, :height, :width]
@@ -100,7 +100,7 @@ def test_cli_classifies_videos_and_names_the_broken_one(workdir, videos, tmp_pat
 def test_views_equal_the_eval_pipeline_on_a_shard_of_the_same_video(tmp_path):
     """predict builds the record a shard builder writes and runs the eval view construction on
     it: bit-identical views, here with fps resampling, scaling and 2 clips x 3 crops."""
-    from data import build_from_list
+    from vtx.data import build_from_list
     from vtx import predict
     from vtx.data import pipeline
     write_motion_mp4(str(tmp_path / 'clip.mp4'), 1, size=(40, 56), num_frames=24, fps=15)
@@ -166,7 +166,7 @@ def test_checkpoint_of_another_model_is_refused(workdir, demo_data_dir, videos):
         predict.Predictor(tiny_config(demo_data_dir, **{'model.num_layers': 3}), workdir)
     result = run(['-m', 'vtx.predict', '--config', 'configs/demo.py', f'--checkpoint={workdir}',
                   '--config.model.hidden_size=32', videos[0][0]])
-    assert result.returncode == 2 and 'vtx.predict: error:' in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 2 and 'vtx-predict: error:' in result.stderr, result.stderr[-2000:]
     warned = []
     predict.Predictor(tiny_config(demo_data_dir, **{'model.shift_div': 8}), workdir,
                       warn=warned.append)  # same params, another model: allowed, but said
@@ -203,7 +203,7 @@ def _tokshift_case():
 def test_converted_official_checkpoint_predicts(tmp_path):
     """A converted parity case through predict's loading path gives the official logits, and
     classifies a video with a config made by overrides."""
-    from convert import tokshift
+    from vtx.convert import tokshift
     from vtx import predict
     case, manifest = _tokshift_case()
     model = tokshift.model_config_from_manifest(manifest)
@@ -212,13 +212,13 @@ def test_converted_official_checkpoint_predicts(tmp_path):
     overrides += [f'--config.data.num_classes={k}', f'--config.data.num_frames={frames}',
                   f'--config.data.crop_size={size}', f'--config.data.min_resize={size}']
     out = str(tmp_path / 'converted')
-    result = run(['-m', 'convert', '--family', 'tokshift', '--checkpoint',
+    result = run(['-m', 'vtx.convert', '--family', 'tokshift', '--checkpoint',
                   os.path.join(case, manifest['checkpoint']['file']), '--config',
                   'configs/demo.py', *overrides, f'--out={out}'])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
-    from configs import demo
-    c = demo.get_config()
+    from vtx import config as vtx_config
+    c = vtx_config.get('demo')
     for key, value in model.items():
         c.model[key] = value
     c.data.num_classes, c.data.num_frames, c.data.crop_size = k, frames, size

@@ -10,6 +10,7 @@ import pytest
 
 from scripts import render_model_table
 from vtx import report
+from vtx import config as vtx_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL = os.path.join(REPO, os.environ.get('VTX_PARITY_FULL', '../shared/parity/full'))
@@ -22,7 +23,7 @@ TINY = {'model.num_frames': T, 'data.num_frames': T, 'model.image_size': S, 'dat
 
 
 def tiny_config(**extra):
-    return report.load_config(os.path.join(REPO, 'configs', 'demo.py'), {**TINY, **extra})
+    return vtx_config.load('demo', {**TINY, **extra})
 
 
 def analytic_vit():
@@ -115,7 +116,7 @@ FULL_SIZE = {'vit_b16_224_8f': 'vit_b16_224_8f', 'xvit_k600': 'xvit_b16_16_k600'
 def test_full_size_macs_equal_official(config_name):
     with open(os.path.join(FULL, FULL_SIZE[config_name] + '.json')) as f:
         official = json.load(f)['flops_measured']['macs']
-    config = report.load_config(os.path.join(REPO, 'configs', config_name + '.py'))
+    config = vtx_config.load(config_name)
     assert report.model_macs(config, 1, 'forward') == pytest.approx(official, rel=1e-6)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from convert import engine, inflate
+from vtx.convert import engine, inflate
 from tests.test_video_swin import REPO, cases, check_zoo_config, full_entries, load_case
 from vtx.models import build_model, patch_shift, tps, video_swin
 

@@ -6,7 +6,6 @@ VTX_PARITY_CASES (default ../shared/parity/cases) and the full-size key lists fr
 VTX_PARITY_FULL (default ../shared/parity/full), both relative to the repo root.
 """
 import glob
-import importlib
 import json
 import math
 import os
@@ -17,9 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from convert import engine, families, inflate
+from vtx.convert import engine, families, inflate
 from convert.verify import to_model_layout
 from vtx import optim
+from vtx import config as vtx_config
 from vtx.models import build_model, video_swin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +71,7 @@ def check_zoo_config(stem):
     official hyperparameters, and a state dict of the official keys/shapes fills every param."""
     with open(os.path.join(FULL, stem + '.json')) as f:
         full = json.load(f)
-    config = importlib.import_module(f'configs.{stem}').get_config()
+    config = vtx_config.get(stem)
     converter = families.converter(config.model.name)
     model = build_model(config.model)
     official = converter.model_config_from_manifest(full)

@@ -1,11 +1,11 @@
 """Each family's zoo config, shrunk to a tiny model on the demo data, trains and evaluates through
 the trainer with its own recipe and multi-view test protocol (STTS on its differentiable top-k)."""
-import jax
 import numpy as np
 import pytest
 
 from conftest import tiny_demo_config
 from vtx import train
+from vtx import config as vtx_config
 
 SWIN_TINY = {'embed_dim': 8, 'depths': (2, 2), 'num_heads': (1, 2), 'window_size': (2, 3, 3)}
 CASES = {
@@ -27,8 +27,7 @@ CASES = {
 
 @pytest.mark.parametrize('name', sorted(CASES))
 def test_zoo_config_trains_and_evaluates(name, demo_data_dir, tmp_path):
-    import importlib
-    config = importlib.import_module(f'configs.{name}').get_config()
+    config = vtx_config.get(name)
     model_overrides, data_overrides = CASES[name]
     demo = tiny_demo_config(demo_data_dir)
     config.model.update(model_overrides)

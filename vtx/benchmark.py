@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vtx import config as vtx_config
 from vtx import report, sharding, train
 from vtx.errors import VtxError
 from vtx.models import COMPUTE_DTYPES, IMPLEMENTATION_FIELDS, build_model
@@ -165,7 +166,7 @@ def main(argv=None):
     parser.add_argument('--json', action='store_true', help='print JSON lines instead of text')
     args = parser.parse_args(rest)
     try:
-        config = report.load_config(args.config, overrides)
+        config = vtx_config.load(args.config, overrides)
         peak = matmul_peak(compute_dtype(config), args.peak_size)
         for mode in args.mode or report.MODES:
             result = benchmark(config, args.batch, mode, args.warmup, args.steps, peak)

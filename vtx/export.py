@@ -16,7 +16,6 @@ input shape, normalisation, test protocol and class names it needs.
 """
 import json
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -26,6 +25,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from vtx import cli  # noqa: E402
 from vtx.errors import VtxError  # noqa: E402
 
 SERVING_META = 'serving.json'
@@ -90,10 +90,9 @@ def load_stablehlo(path: str):
 
 def export_savedmodel(predictor, out: str, platforms=None) -> str:
     """Writes a TF SavedModel to `out` (batch dimension polymorphic); returns `out`."""
-    import tensorflow as tf
     from jax.experimental import jax2tf
 
-    import vtx.data  # noqa: F401  (keeps TF off the accelerators JAX holds)
+    from vtx.data.tf_on_host import tf
     variables = tf.nest.map_structure(tf.Variable, jax.device_get(predictor.params))
     converted = jax2tf.convert(_logits_fn(predictor), polymorphic_shapes=[None, '(b, ...)'],
                                native_serialization_platforms=platforms, with_gradient=False)
@@ -128,7 +127,7 @@ def export(config, checkpoint_dir: str, fmt: str, out: str, platforms=None,
 
 def define_flags():
     """The command line's flags (defined only when run as a program)."""
-    config_flags.DEFINE_config_file('config', None, 'Path to an ml_collections config file.',
+    config_flags.DEFINE_config_file('config', None, 'A zoo config name or a config file.',
                                     lock_config=True)
     flags.DEFINE_string('checkpoint', None, 'Params checkpoint folder or training workdir.')
     flags.DEFINE_enum('format', 'stablehlo', list(FORMATS), 'Artefact format.')
@@ -151,11 +150,13 @@ def main(argv):
         path = export(FLAGS.config, FLAGS.checkpoint, FLAGS.format, FLAGS.out, FLAGS.platforms,
                       labels)
     except VtxError as e:
-        print(f'vtx.export: error: {e}', file=sys.stderr)
-        sys.exit(2)
+        cli.fail(e)
     print(f'wrote {path}')
 
 
+def run():
+    cli.run(main, 'vtx-export', define_flags)
+
+
 if __name__ == '__main__':
-    define_flags()
-    app.run(main)
+    run()

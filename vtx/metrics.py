@@ -17,7 +17,7 @@ class MetricWriter:
         self.active = jax.process_index() == 0
         if not self.active:
             return
-        import tensorflow as tf  # TensorBoard events; TF is already loaded by the input pipeline
+        from vtx.data.tf_on_host import tf  # TensorBoard events; the input pipeline has loaded TF
         self._tf = tf
         self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
         self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from vtx import checkpoint  # noqa: E402
+from vtx import checkpoint, cli  # noqa: E402
 from vtx.errors import VtxError  # noqa: E402
 from vtx.models import IMPLEMENTATION_FIELDS, build_model, model_class  # noqa: E402
 
@@ -42,7 +42,7 @@ def shard_settings(data_config):
 def video_views(path: str, data_config) -> np.ndarray:
     """One video file -> its eval views, float32 [V, T, c, c, 3]. Raises
     `video_io.DecodeError` (naming the file) when the video cannot be read."""
-    from data import video_io
+    from vtx.data import video_io
     from vtx.data import pipeline  # loads TF, which only feeds the host
     fps, short_side, qscale = shard_settings(data_config)
     frames = video_io.decode_video(path, fps=fps)
@@ -135,7 +135,7 @@ def predict_videos(predictor: Predictor, paths: Sequence[str], top_k: int = 5,
                    batch_size: int = 8):
     """-> (results [{'video', 'top_k'}], failures [{'video', 'error'}]); decoding failures are
     collected, batches of `batch_size` decoded videos run as they fill."""
-    from data import video_io
+    from vtx.data import video_io
     batch_size = max(1, min(batch_size, len(paths)))  # few videos: no padding to a full batch
     results, failures, pending = [], [], []
 
@@ -170,7 +170,7 @@ def _print_text(results, out=sys.stdout):
 def define_flags():
     """The command line's flags (defined only when run as a program, so importing this module
     leaves absl's global flags alone)."""
-    config_flags.DEFINE_config_file('config', None, 'Path to an ml_collections config file.',
+    config_flags.DEFINE_config_file('config', None, 'A zoo config name or a config file.',
                                     lock_config=True)
     flags.DEFINE_string('checkpoint', None, 'Params checkpoint folder or training workdir.')
     flags.DEFINE_string('labels', None, 'Class names, one per line in index order (default: '
@@ -195,10 +195,9 @@ def main(argv):
         batch_size = FLAGS.batch_size or config.train.eval_batch_size
         results, failures = predict_videos(predictor, videos, FLAGS.top_k, batch_size)
     except VtxError as e:
-        print(f'vtx.predict: error: {e}', file=sys.stderr)
-        sys.exit(2)
+        cli.fail(e)
     for f in failures:
-        print(f"vtx.predict: skipped: {f['error']}", file=sys.stderr)
+        print(f"vtx-predict: skipped: {f['error']}", file=sys.stderr)
     if FLAGS.json:
         print(json.dumps({'predictions': results, 'failed': failures}, indent=1))
     else:
@@ -206,6 +205,9 @@ def main(argv):
     sys.exit(1 if failures else 0)
 
 
+def run():
+    cli.run(main, 'vtx-predict', define_flags)
+
+
 if __name__ == '__main__':
-    define_flags()
-    app.run(main)
+    run()

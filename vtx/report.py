@@ -16,40 +16,20 @@ train (`vtx.train.train_step`) and serve (`model.apply`):
   outputs + temporaries - donated/aliased buffers) on the default backend.
 """
 import copy
-import importlib.util
 import json
 import math
-import os
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
+from vtx import config as vtx_config
 from vtx import sharding, train
 from vtx.errors import VtxError
 from vtx.models import IMPLEMENTATION_FIELDS, build_model
 
 MODES = ('forward', 'train')
-
-
-def load_config(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
-    """`get_config()` of the config file at `path`, with dotted `overrides` ('model.dtype': v) set."""
-    if not os.path.isfile(path):
-        raise VtxError(f'--config {path}: no such file')
-    spec = importlib.util.spec_from_file_location(
-        'vtx_config_' + os.path.splitext(os.path.basename(path))[0], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for key, value in (overrides or {}).items():
-        *parents, leaf = key.split('.')
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
 
 
 def _subjaxprs(eqn):
@@ -279,7 +259,7 @@ def main(argv=None):
     parser.add_argument('--json', action='store_true', help='print JSON instead of text')
     args = parser.parse_args(rest)
     try:
-        result = analyse(load_config(args.config, overrides), args.batch, tuple(args.mode or MODES))
+        result = analyse(vtx_config.load(args.config, overrides), args.batch, tuple(args.mode or MODES))
     except VtxError as e:
         print(f'vtx: error: {e}', file=sys.stderr)
         sys.exit(2)

@@ -269,8 +269,8 @@ def _initial_params(config, model, state, state_sharding):
     if os.path.isdir(path):
         params, _ = checkpoint.load_params(path, abstract)
     elif os.path.isfile(path):
-        import convert  # only for official/ImageNet files; torch is imported there when needed
-        params = convert.import_pretrained(path, config.model, abstract)
+        import vtx.convert  # only for official/ImageNet files; torch is imported there when needed
+        params = vtx.convert.import_pretrained(path, config.model, abstract)
         params = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x), s), params,
                               state_sharding.params)
     else:
@@ -292,7 +292,7 @@ def train_and_evaluate(config, workdir: str, mode: str = 'train_and_eval'):
     os.makedirs(workdir, exist_ok=True)
     _check_workdir_model(workdir, config)
     if config.data.synthetic and jax.process_index() == 0:
-        from data import synthetic
+        from vtx.data import synthetic
         synthetic.ensure(config.data)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices('vtx: data ready')

@@ -1,11 +1,6 @@
-"""Input pipelines: DMVR-format TFRecord shards and TFDS video datasets read with tf.data.
+"""Data: DMVR-format TFRecord shards and TFDS video datasets read with tf.data (`pipeline`), video
+decoding (`video_io`), shard builders (`build_from_*`, `shards`) and the synthetic demo set.
 
-TF only feeds the host; the accelerators belong to JAX, so TF is kept off every GPU before any
-TF op runs.
+Importing this package loads nothing heavy; TensorFlow comes in through `tf_on_host` with the
+modules that need it.
 """
-import tensorflow as tf
-
-try:
-    tf.config.set_visible_devices([], 'GPU')
-except RuntimeError:  # TF was already initialised by the caller; its device choice stands
-    pass

@@ -8,7 +8,7 @@ geometric ones fill with grey (128). timm's per-operation magnitude noise (`mstd
 """
 import math
 
-import tensorflow as tf
+from vtx.data.tf_on_host import tf
 
 _MAX_LEVEL = 10.0
 _FILL = 128

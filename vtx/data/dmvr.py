@@ -11,7 +11,7 @@ explicit `seed` ([2] int32/int64 tensor), so a clip's augmentation is a function
 """
 from typing import Optional, Sequence
 
-import tensorflow as tf
+from vtx.data.tf_on_host import tf
 
 IMAGE_KEY = 'image/encoded'
 LABEL_INDEX_KEY = 'clip/label/index'

@@ -19,7 +19,7 @@ import struct
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
-import tensorflow as tf
+from vtx.data.tf_on_host import tf
 
 from vtx.data import augment, dmvr
 from vtx.errors import VtxError

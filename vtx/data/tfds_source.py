@@ -9,7 +9,7 @@ its only ClassLabel).
 """
 from typing import List, Optional, Tuple
 
-import tensorflow as tf
+from vtx.data.tf_on_host import tf
 import tensorflow_datasets as tfds
 
 from vtx.errors import VtxError

@@ -1,38 +1,41 @@
 """Command line: convert an official checkpoint into a vtx params checkpoint.
 
-    python -m convert --family F --checkpoint FILE --config configs/X.py [--config.a.b=v] --out DIR
-    python -m convert --family F --checkpoint FILE --official_config MANIFEST.json --out DIR
-    python -m convert --family xvit --checkpoint xvit_b16_16_k600.pth --out DIR
+    vtx-convert --family F --checkpoint FILE --config NAME|FILE [--config.a.b=v] --out DIR
+    vtx-convert --family F --checkpoint FILE --official_config MANIFEST.json --out DIR
+    vtx-convert --family xvit --checkpoint xvit_b16_16_k600.pth --out DIR
 
+(also `python -m vtx.convert`).
 The model is `config.model` of a vtx config (input shape from `config.data`), or the one the
 official config recorded in a parity manifest / `parity/full/*.json` describes, or, for checkpoints
 that carry their official config (SlowFast `cfg`), the one that config describes. The result loads
-with `python -m vtx.main --config ... --config.init_from=DIR`. The conversion is strict: the
+with `vtx-train --config ... --config.init_from=DIR`. The conversion is strict: the
 report is printed and any unexplained or missing tensor fails without writing anything.
 """
 import json
 import os
-import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from vtx import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('family', None, 'Official family of the checkpoint (convert/families.py).')
-flags.DEFINE_string('checkpoint', None, 'Official checkpoint file (.pth/.pyth/.npz).')
-flags.DEFINE_string('out', None, 'New folder for the vtx params checkpoint.')
-flags.DEFINE_string('official_config', None,
-                    'JSON with the official config (parity manifest or parity/full/*.json), used '
-                    'instead of --config.')
-config_flags.DEFINE_config_file('config', None, 'vtx config file whose model the weights are for.')
-flags.mark_flags_as_required(['family', 'checkpoint', 'out'])
+
+
+def define_flags():
+    flags.DEFINE_string('family', None, 'Official family of the checkpoint (vtx/convert/families.py).')
+    flags.DEFINE_string('checkpoint', None, 'Official checkpoint file (.pth/.pyth/.npz).')
+    flags.DEFINE_string('out', None, 'New folder for the vtx params checkpoint.')
+    flags.DEFINE_string('official_config', None,
+                        'JSON with the official config (parity manifest or parity/full/*.json), used '
+                        'instead of --config.')
+    config_flags.DEFINE_config_file('config', None, 'The vtx config (zoo name or file) whose model the weights are for.')
+    flags.mark_flags_as_required(['family', 'checkpoint', 'out'])
 
 
 def _model_config():
     """(config.model as a dict, config.data or None) from whichever source the flags name."""
-    from convert import engine, families
+    from vtx.convert import engine, families
     if FLAGS.config is not None:
         return FLAGS.config.model.to_dict(), FLAGS.config.data
     module = families.converter(FLAGS.family)
@@ -57,7 +60,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     import jax.numpy as jnp
 
-    from convert import engine, families
+    from vtx.convert import engine, families
     from vtx import checkpoint
     from vtx.models import build_model
 
@@ -70,15 +73,12 @@ def main(argv):
         checkpoint.save_params(FLAGS.out, params, model_config,
                                source=os.path.abspath(FLAGS.checkpoint), family=FLAGS.family)
     except engine.ConversionError:
-        print('convert: error: the checkpoint does not map onto the model (report above)',
-              file=sys.stderr)
-        sys.exit(2)
+        cli.fail('the checkpoint does not map onto the model (report above)')
     except (engine.CheckpointFormatError, ValueError, families.NoConverterError,
             checkpoint.CheckpointError, FileNotFoundError) as e:
-        print(f'convert: error: {e}', file=sys.stderr)
-        sys.exit(2)
+        cli.fail(e)
     print(f'wrote {FLAGS.out}')
 
 
-if __name__ == '__main__':
-    app.run(main)
+def run():
+    cli.run(main, 'vtx-convert', define_flags)

@@ -4,8 +4,8 @@ The official keys map 1:1 onto vtx module names (`backbone.layers.{i}.blocks.{j}
 `layers_{i}/blocks_{j}/attn/qkv`); Linear weights are transposed, the Conv3d patch kernel goes
 OIDHW -> DHWIO, and the int64 `relative_position_index` buffers are recomputed by the model.
 """
-from convert import engine
-from convert.engine import Rule
+from vtx.convert import engine
+from vtx.convert.engine import Rule
 
 _BLOCK = r'backbone\.layers\.(?P<i>\d+)\.blocks\.(?P<j>\d+)\.'
 _LAYER = r'backbone\.layers\.(?P<i>\d+)\.'

@@ -11,9 +11,9 @@ import re
 
 import numpy as np
 
-from convert import engine
-from convert.engine import ConversionTable, Rule
-from convert.tokshift import imagenet_npz_table
+from vtx.convert import engine
+from vtx.convert.engine import ConversionTable, Rule
+from vtx.convert.tokshift import imagenet_npz_table
 
 
 def _block_rules(src: str, dst: str) -> list:

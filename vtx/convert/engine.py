@@ -54,6 +54,18 @@ class CheckpointFormatError(VtxError):
 
 # --------------------------------------------------------------------------- reading checkpoints
 
+def import_torch():
+    """PyTorch, which only reading official `.pth` files needs; without it, one line saying what
+    to install."""
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointFormatError(
+            "reading a PyTorch checkpoint needs torch, which this install lacks: pip install "
+            "'vtx[convert]' (the CPU wheel torch==2.13.0 is enough)") from None
+    return torch
+
+
 @dataclasses.dataclass
 class Checkpoint:
     state: dict              # source key -> np.ndarray
@@ -62,7 +74,7 @@ class Checkpoint:
 
 
 def _to_numpy(value, path: str, key: str) -> np.ndarray:
-    import torch  # only here: the rest of the engine works on numpy
+    torch = import_torch()  # only here: the rest of the engine works on numpy
     if not isinstance(value, torch.Tensor):
         raise CheckpointFormatError(f'{path}: state-dict entry {key!r} is a '
                                     f'{type(value).__name__}, expected a tensor')
@@ -73,7 +85,7 @@ def _to_numpy(value, path: str, key: str) -> np.ndarray:
 
 
 def _is_state_dict(obj) -> bool:
-    import torch
+    torch = import_torch()
     return isinstance(obj, Mapping) and bool(obj) and all(
         isinstance(v, torch.Tensor) for v in obj.values())
 
@@ -91,7 +103,7 @@ def read_checkpoint(path: str) -> Checkpoint:
     if path.endswith('.npz'):
         with np.load(path, allow_pickle=False) as data:
             return Checkpoint({k: np.asarray(data[k]) for k in data.files}, 'npz', {})
-    import torch
+    torch = import_torch()
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # weights_only refuses pickled objects: say which file

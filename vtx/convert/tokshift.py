@@ -9,7 +9,7 @@ Two sources:
 """
 import numpy as np
 
-from convert.engine import ConversionTable, Rule
+from vtx.convert.engine import ConversionTable, Rule
 
 _P = r'base_model\.transformer\.'
 _L = _P + r'encoder\.layer\.(?P<i>\d+)\.'
@@ -120,7 +120,7 @@ def imagenet_npz_table(names: dict, pos_transform='reshape', fill=()) -> Convers
 
 def import_npz(path: str, model_config, abstract_params, log=print):
     """ImageNet-21k `.npz` -> VideoViT params exactly as the official `load_from` (zero head)."""
-    from convert import engine
+    from vtx.convert import engine
     return engine.convert(engine.load_checkpoint(path),
                           imagenet_npz_table(VIDEO_VIT_NAMES, resize_pos_embedding_align_corners,
                                              fill=[('head/(kernel|bias)', 'zeros',

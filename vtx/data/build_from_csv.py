@@ -12,7 +12,7 @@ import csv
 import json
 import os
 
-from data import shards
+from vtx.data import shards
 
 
 def read_rows(csv_path: str, video_root: str, label_map_file: str = ''):

@@ -1,6 +1,6 @@
 """TPS (MartinXM/TPS, mmcv checkpoints) -> vtx `TPS` params: Video Swin's key map, plus the second
 int64 index buffer (`relative_position_index_old`) the TPS blocks store."""
-from convert import engine, video_swin
+from vtx.convert import engine, video_swin
 from vtx.models.tps import FRAME_TOKENS
 
 IGNORE = video_swin.IGNORE + (

@@ -4,8 +4,8 @@
 The backbone and head keys are those of Video Swin (`convert.video_swin`); the temporal scorer
 `backbone.time_score_predictor.0` maps onto `time_selection`.
 """
-from convert import engine, video_swin
-from convert.mvit import score_network_rules
+from vtx.convert import engine, video_swin
+from vtx.convert.mvit import score_network_rules
 
 RULES = (*video_swin.RULES,
          *score_network_rules(r'backbone\.time_score_predictor\.0\.score_network\.',

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from convert import engine, video_swin
+from vtx.convert import engine, video_swin
 
 HEAD_INIT_SEED = 0
 
@@ -25,7 +25,7 @@ def resize_bias_table(table: np.ndarray, window_hw) -> np.ndarray:
         raise ValueError(f'2D relative_position_bias_table has {rows} rows, not a square grid')
     if (side, side) == (out_h, out_w):
         return table
-    import torch  # the official resize is torch's bicubic: only torch matches its float32 rounding
+    torch = engine.import_torch()  # the official resize is torch's bicubic: only torch matches its rounding
     grid = torch.from_numpy(np.ascontiguousarray(table.T)).reshape(1, heads, side, side)
     grid = torch.nn.functional.interpolate(grid, size=(out_h, out_w), mode='bicubic',
                                            align_corners=False)

@@ -76,7 +76,7 @@ def _video_rng(seed: int, split: str, index: int) -> np.random.Generator:
 def write_split(out_dir: str, prefix: str, split: str, num_videos: int, num_shards: int,
                 spec: MotionSpec, seed: int = 0) -> list:
     """Writes `prefix-0000i-of-0000n` shards (video v -> shard v % n, as DMVR); returns paths."""
-    import tensorflow as tf
+    from vtx.data.tf_on_host import tf
 
     from vtx.data import dmvr
 
@@ -136,7 +136,7 @@ def _split_target(pattern: str, field: str, split: str):
 def ensure(data_config) -> None:
     """Generates the 'motion' train and eval shards at `data.train_shards` / `data.eval_shards`
     when those globs match nothing; does nothing for globs that already match files."""
-    import tensorflow as tf
+    from vtx.data.tf_on_host import tf
 
     from vtx.errors import VtxError
 

@@ -17,24 +17,24 @@ def import_pretrained(path: str, model_config, abstract_params, log=print):
     name = dict(model_config)['name']
     if path.endswith('.npz'):
         if name == 'vit':
-            from convert import tokshift
+            from vtx.convert import tokshift
             return tokshift.import_npz(path, model_config, abstract_params, log=log)
         if name == 'xvit':
-            from convert import xvit
+            from vtx.convert import xvit
             return xvit.import_npz(path, model_config, abstract_params, log=log)
         raise VtxError(f'{path}: an ImageNet ViT .npz initialises only model.name vit or '
                          f'xvit, not {name!r}')
     if path.endswith(('.pth', '.pt', '.pyth')):
         if name == 'mvit' or (name == 'stts_video_swin' and _is_3d_swin(path)):
             # A video backbone (MViT-B .pyth, Kinetics Video Swin) without STTS scorers.
-            from convert import stts
+            from vtx.convert import stts
             return stts.import_backbone(path, model_config, abstract_params, log=log)
         # 2D ImageNet Swin inflated into the 3D Swin families (convert/inflate.py).
         if name in ('video_swin', 'tps', 'stts_video_swin'):
-            from convert import inflate
+            from vtx.convert import inflate
             return inflate.inflate_2d_swin(path, model_config, abstract_params, log=log)
         if name == 'xvit':
-            from convert import xvit
+            from vtx.convert import xvit
             return xvit.import_timm_vit(path, model_config, abstract_params, log=log)
         raise VtxError(f'{path}: no pretrained .pth import for model.name {name!r}')
     raise VtxError(f'{path}: pretrained weights must be a .npz (ViT) or .pth (2D Swin / timm '
@@ -42,7 +42,7 @@ def import_pretrained(path: str, model_config, abstract_params, log=print):
 
 
 def _is_3d_swin(path: str) -> bool:
-    from convert import engine
+    from vtx.convert import engine
     kernel = next((v for k, v in engine.load_checkpoint(path).items()
                    if k.endswith('patch_embed.proj.weight')), None)
     return kernel is not None and kernel.ndim == 5

@@ -9,7 +9,7 @@ per line, in index order) or else from the folder above each video (`class/video
 import argparse
 import os
 
-from data import shards
+from vtx.data import shards
 
 
 def read_rows(list_path: str, frames_root: str, names=None):

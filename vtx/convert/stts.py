@@ -10,7 +10,7 @@ import importlib
 
 import numpy as np
 
-from convert import engine
+from vtx.convert import engine
 
 
 def _is_mvit(manifest: dict) -> bool:
@@ -20,8 +20,8 @@ def _is_mvit(manifest: dict) -> bool:
 
 
 def _module(backbone: str):
-    return importlib.import_module({'mvit': 'convert.mvit',
-                                    'stts_video_swin': 'convert.stts_video_swin'}[backbone])
+    return importlib.import_module({'mvit': 'vtx.convert.mvit',
+                                    'stts_video_swin': 'vtx.convert.stts_video_swin'}[backbone])
 
 
 def model_config_from_manifest(manifest: dict) -> dict:

@@ -6,7 +6,7 @@
 import argparse
 import os
 
-from data import shards
+from vtx.data import shards
 
 
 def read_rows(list_path: str, video_root: str, names=None, separator=None):

@@ -12,16 +12,16 @@ Keys are the `family` field of the parity manifests; several families may share 
 """
 import importlib
 
-from convert import engine
+from vtx.convert import engine
 
 CONVERTERS = {
-    'tokshift': 'convert.tokshift',     # TokShift and its plain video-ViT baseline
-    'vit': 'convert.tokshift',
-    'xvit': 'convert.xvit',
-    'video_swin': 'convert.video_swin',
-    'tps': 'convert.tps',
-    'stts': 'convert.stts',             # STTS on MViT and on Video Swin
-    'mvit': 'convert.stts',
+    'tokshift': 'vtx.convert.tokshift',     # TokShift and its plain video-ViT baseline
+    'vit': 'vtx.convert.tokshift',
+    'xvit': 'vtx.convert.xvit',
+    'video_swin': 'vtx.convert.video_swin',
+    'tps': 'vtx.convert.tps',
+    'stts': 'vtx.convert.stts',             # STTS on MViT and on Video Swin
+    'mvit': 'vtx.convert.stts',
 }
 
 

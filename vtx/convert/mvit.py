@@ -7,8 +7,8 @@ the depthwise pooling convs [hd, 1, kT, kH, kW] -> [kT, kH, kW, 1, hd]. The STTS
 (`time_score_predictor.0` / `space_score_predictor.0`) map onto `time_selection` /
 `space_selection`.
 """
-from convert import engine
-from convert.engine import Rule
+from vtx.convert import engine
+from vtx.convert.engine import Rule
 
 _B = r'blocks\.(?P<i>\d+)\.'
 

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
-from data import video_io
+from vtx.data import video_io
 
 
 @dataclasses.dataclass
@@ -116,7 +116,7 @@ def build(rows: List[Row], output_dir: str, name: str, settings: EncodeSettings,
     skipped = []
     with context.Pool(max(1, workers)) as pool:
         results = pool.imap(work, rows, chunksize=4)
-        import tensorflow as tf
+        from vtx.data.tf_on_host import tf
 
         from vtx.data import dmvr
 
@@ -150,7 +150,7 @@ def build(rows: List[Row], output_dir: str, name: str, settings: EncodeSettings,
 def verify_shards(paths: Sequence[str]) -> int:
     """Re-reads every record: parses it and decodes every frame. Returns the number of bad ones
     (each reported with shard and record index)."""
-    import tensorflow as tf
+    from vtx.data.tf_on_host import tf
 
     from vtx.data import dmvr
 

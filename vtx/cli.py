@@ -1,0 +1,58 @@
+"""What the absl command lines share (`vtx-train`, `vtx-predict`, `vtx-export`, `vtx-convert`):
+`--config` by zoo name or path, and bad flags reported in one paragraph (exit status 2)."""
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF is only the input pipeline here
+
+from absl import app, flags  # noqa: E402
+
+from vtx import config as vtx_config  # noqa: E402
+from vtx.errors import VtxError  # noqa: E402
+
+
+_program = ['vtx']  # the running command's name, for its error lines
+
+
+def resolve_config_flag(argv):
+    """`argv` with the value of `--config NAME` / `--config=NAME` replaced by the file it names
+    (ml_collections' config flag reads a path); an unknown name exits with one error line."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == '--':
+            break
+        try:
+            if arg.startswith('--config='):
+                argv[i] = '--config=' + vtx_config.resolve(arg[len('--config='):])
+            elif arg == '--config' and i + 1 < len(argv):
+                argv[i + 1] = vtx_config.resolve(argv[i + 1])
+        except VtxError as e:
+            fail(e)
+    return argv
+
+
+def fail(error) -> None:
+    """One error line naming the command, exit status 2."""
+    print(f'{_program[0]}: error: {error}', file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv):
+    """absl flag parsing, with a bad flag or `--config.*` override reported in one paragraph."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        detail = ' '.join(str(e).replace('\\n', ' ').replace('\\', '').split())
+        detail = detail.replace("''", "'").rstrip("'") if detail.startswith("''") else detail
+        overrides = ' '.join(a for a in argv[1:] if a.startswith('--config.')) or 'none'
+        fail(f'bad command line: {detail}. The --config.* overrides given were: '
+                      f'{overrides}. Each must name a field that exists in the config (shared '
+                      "fields are listed in vtx/config.py) and give a value of that field's type.")
+
+
+def run(main, program: str, define_flags=None):
+    """Runs an absl `main` as the console command `program` (or its `python -m` module)."""
+    _program[0] = program
+    if define_flags is not None:
+        define_flags()
+    app.run(main, argv=resolve_config_flag(sys.argv), flags_parser=parse_flags)
