@@ -8,7 +8,6 @@ manifest tolerance. Prints one JSON line; exits 0 only if the case passes. Where
 (informative only: it localises a mismatch).
 """
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -40,6 +39,7 @@ def verify_case(case_dir: str, log=None) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from vtx import families as registry
     from vtx.convert import engine, families
     from vtx.models import build_model
 
@@ -58,7 +58,7 @@ def verify_case(case_dir: str, log=None) -> dict:
     outputs = manifest.get('outputs', {})
     # The head input (features.npy), where both sides have it, localises a mismatch.
     with_features = ('features' in outputs and
-                     'return_features' in inspect.signature(type(model).__call__).parameters)
+                     registry.family(model_config['name']).returns_features)
     kwargs = {'return_features': True} if with_features else {}
     out = jax.jit(lambda p, v: model.apply({'params': p}, v, train=False, **kwargs))(
         params, jnp.asarray(video))

@@ -1,4 +1,4 @@
-"""Renders the model table of every config in `configs/` into README.md (between the markers).
+"""Renders the model table of every zoo config (`vtx.families`) into README.md (between the markers).
 
     PYTHONPATH=. python scripts/render_model_table.py [--full ../shared/parity/full] [--check]
 
@@ -9,7 +9,6 @@ counting convention. Only the region between `<!-- model-table:start -->` and
 `<!-- model-table:end -->` is rewritten.
 """
 import argparse
-import glob
 import json
 import os
 import sys
@@ -18,26 +17,11 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from scripts.stts_gmacs import ZOO as STTS_ZOO  # noqa: E402
+from vtx import families  # noqa: E402
 from vtx import report  # noqa: E402
 from vtx import config as vtx_config  # noqa: E402
 
 START, END = '<!-- model-table:start -->', '<!-- model-table:end -->'
-
-# Configs whose parity/full entry has another name; every other config uses its own name.
-ZOO = {**STTS_ZOO, 'xvit_k600': 'xvit_b16_16_k600', 'xvit_ssv2': 'xvit_b16_16_ss2'}
-SKIP = {'base', 'demo'}  # not zoo models
-
-# How each family's paper counts its published "GFLOPs" (per view), and so which vtx count
-# the published number is to be compared with.
-CONVENTIONS = {
-    'vit': ('MACs of Linear + Conv, attention matmuls excluded', 'macs_excluding_attention'),
-    'video_swin': ('MACs of all matmuls and convs (incl. attention)', 'macs'),
-    'stts_video_swin': ('MACs of all matmuls and convs (incl. attention)', 'macs'),
-    'mvit': ('MACs of all matmuls and convs (fvcore)', 'macs'),
-    'tps': ('none published', 'macs'),
-    'xvit': ('none published', 'macs'),
-}
 
 
 def published_gflops(entry: dict):
@@ -54,15 +38,28 @@ def official_gmacs(entry: dict):
     return macs / 1e9 if macs else None
 
 
+def full_size_entry(config: str, full_dir: str) -> dict:
+    """The parity/full entry of the official model a zoo config reproduces; {} where there is
+    none (no released checkpoint, or a config outside the zoo)."""
+    try:
+        _, zoo = families.find_in_zoo(config)
+    except families.NotInZooError:
+        return {}
+    path = os.path.join(full_dir, f'{zoo.official_model}.json')
+    if zoo.official_model is None or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 def row(config_path: str, full_dir: str) -> dict:
     stem = os.path.splitext(os.path.basename(config_path))[0]
     config = vtx_config.load(config_path)
     r = report.analyse(config, batch=1, compile_modes=('forward',))
-    entry_path = os.path.join(full_dir, ZOO.get(stem, stem) + '.json')
-    entry = json.load(open(entry_path)) if os.path.exists(entry_path) else {}
-    convention, counted = CONVENTIONS[r['model']]
-    return {'config': stem, 'family': r['model'], 'report': r, 'convention': convention,
-            'compared': r['forward'][counted + '_per_view'] / 1e9,
+    entry = full_size_entry(stem, full_dir)
+    convention = families.family(r['model']).gflops_convention
+    return {'config': stem, 'family': r['model'], 'report': r, 'convention': convention.description,
+            'compared': r['forward'][convention.counted + '_per_view'] / 1e9,
             'official_gmacs': official_gmacs(entry), 'published_gflops': published_gflops(entry),
             'official_params': entry.get('params')}
 
@@ -110,23 +107,43 @@ def replace_region(text: str, table: str, path: str, start: str = START, end: st
     return f'{head}{start}\n{table}\n{end}{tail}'
 
 
+def write_costs(path: str, reports: dict) -> None:
+    """{config: {params, gmacs_per_view, views_per_video}} from `vtx.report.analyse` results,
+    merged into the JSON at `path`."""
+    costs = json.load(open(path)) if os.path.exists(path) else {}
+    for name, r in reports.items():
+        costs[name] = {'params': r['params'], 'views_per_video': r['views_per_video'],
+                       'gmacs_per_view': round(r['forward']['macs_per_view'] / 1e9, 2)}
+    with open(path, 'w') as f:
+        json.dump(dict(sorted(costs.items())), f, indent=1)
+        f.write('\n')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('configs', nargs='*', help='config files (default: every configs/*.py)')
+    parser.add_argument('configs', nargs='*', help='config files (default: every zoo config)')
     parser.add_argument('--full', default=os.environ.get(
         'VTX_PARITY_FULL', os.path.join(REPO, '..', 'shared', 'parity', 'full')),
         help='folder of the parity/full/*.json entries')
     parser.add_argument('--readme', default=os.path.join(REPO, 'README.md'))
     parser.add_argument('--print', action='store_true', help='print the table, leave README alone')
+    parser.add_argument('--costs', default=os.path.join(REPO, 'vtx', 'zoo_costs.json'),
+                        help='where `vtx-zoo list` reads each zoo model\'s params and GMACs')
+    parser.add_argument('--costs_only', action='store_true',
+                        help='write only --costs: trace each model, compile nothing (about 3 s '
+                        'a config)')
     args = parser.parse_args(argv)
-    paths = args.configs or sorted(
-        p for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))
-        if os.path.splitext(os.path.basename(p))[0] not in SKIP | {'__init__'})
+    paths = args.configs or sorted(vtx_config.resolve(e.config) for e in families.zoo_entries())
+    if args.costs_only:
+        write_costs(args.costs, {os.path.splitext(os.path.basename(p))[0]: report.analyse(
+            vtx_config.load(p), batch=1, modes=('forward',), compile_modes=()) for p in paths})
+        return
     rows = []
     for p in paths:
         start = time.perf_counter()
         rows.append(row(p, args.full))
         print(f'{rows[-1]["config"]}: {time.perf_counter() - start:.1f} s', file=sys.stderr)
+    write_costs(args.costs, {r['config']: r['report'] for r in rows})
     table = render(rows)
     if args.print:
         print(table)

@@ -24,17 +24,13 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from scripts.render_model_table import ZOO, official_gmacs, published_gflops  # noqa: E402
-from vtx import report  # noqa: E402
+from scripts.render_model_table import full_size_entry, official_gmacs, published_gflops  # noqa: E402
+from vtx import families, report  # noqa: E402
 from vtx import config as vtx_config  # noqa: E402
 from vtx.models import tps  # noqa: E402
 
 FRAMES = {'xvit': (8, 16, 24, 32, 48), 'tps': (16, 24, 32, 48, 64)}
 CONFIGS = {'xvit': 'xvit_k400', 'tps': 'tps_swin_tiny_2D_patch244_k400'}
-STTS = ('stts_mvit_t0_0p4_s4_0p6', 'stts_mvit_t0_0p5_s4_0p7', 'stts_mvit_t0_0p6_s4_0p9',
-        'stts_mvit_t0_0p8_s4_0p9', 'stts_mvit_t0_0p9_s4_0p9', 'mvit_b_16x4_k400',
-        'stts_videoswin_t0_0p4', 'stts_videoswin_t0_0p5', 'stts_videoswin_t0_0p6',
-        'stts_videoswin_t0_0p8', 'stts_videoswin_t0_0p9')
 TIME_RATIOS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 
 
@@ -67,11 +63,11 @@ def frames_sweep(family: str) -> dict:
 
 def stts_table(full_dir: str) -> dict:
     rows = []
-    for name in STTS:
+    for zoo in families.zoo_entries('mvit', 'stts_video_swin'):
+        name = zoo.config
         config = _config(name)
-        path = os.path.join(full_dir, ZOO[name] + '.json')
-        entry = json.load(open(path)) if os.path.exists(path) else {}
-        rows.append({'config': name, 'zoo': ZOO[name],
+        entry = full_size_entry(name, full_dir)
+        rows.append({'config': name, 'zoo': zoo.official_model,
                      'time_left_ratio': config.model.get('time_left_ratio'),
                      'space_left_ratio': config.model.get('space_left_ratio'),
                      'gmacs': forward_gmacs(config), 'official_gmacs': official_gmacs(entry),

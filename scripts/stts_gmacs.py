@@ -23,28 +23,11 @@ import jax.numpy as jnp
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from vtx import families  # noqa: E402
 from vtx.models import build_model  # noqa: E402
 from vtx import config as vtx_config  # noqa: E402
 
-# config module -> parity/full entry
-ZOO = {
-    'mvit_b_16x4_k400': 'MViT-B_16x4_plain_no_selection',
-    'stts_mvit_t0_0p9_s4_0p9': 'MViT-T0_0.9-S4_0.9',
-    'stts_mvit_t0_0p8_s4_0p9': 'MViT-T0_0.8-S4_0.9',
-    'stts_mvit_t0_0p6_s4_0p9': 'MViT-T0_0.6-S4_0.9',
-    'stts_mvit_t0_0p5_s4_0p7': 'MViT-T0_0.5-S4_0.7',
-    'stts_mvit_t0_0p4_s4_0p6': 'MViT-T0_0.4-S4_0.6',
-    'stts_videoswin_t0_0p9': 'VideoSwin-T0_0.9',
-    'stts_videoswin_t0_0p8': 'VideoSwin-T0_0.8',
-    'stts_videoswin_t0_0p6': 'VideoSwin-T0_0.6',
-    'stts_videoswin_t0_0p5': 'VideoSwin-T0_0.5',
-    'stts_videoswin_t0_0p4': 'VideoSwin-T0_0.4',
-}
-
-
-# The unpruned backbone each STTS family is compared with (same architecture, no selection).
-BACKBONE = {'stts_mvit': 'mvit_b_16x4_k400',
-            'stts_videoswin': 'swin_base_patch244_window877_kinetics400_1k'}
+STTS_FAMILIES = ('mvit', 'stts_video_swin')
 
 
 def compiled_forward(config):
@@ -77,7 +60,8 @@ def seconds_per_view(model, video, compiled, repeats: int) -> float:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('configs', nargs='*', default=list(ZOO), help='config modules (configs/)')
+    stts_zoo = [e.config for e in families.zoo_entries(*STTS_FAMILIES)]
+    parser.add_argument('configs', nargs='*', default=stts_zoo, help='config modules (configs/)')
     parser.add_argument('--full', default=os.path.join(REPO, '..', 'shared', 'parity', 'full'),
                         help='folder of the parity/full/*.json entries')
     parser.add_argument('--time', action='store_true', help='also time the eval forward')
@@ -88,24 +72,26 @@ def main(argv=None):
     lines = ['| config | XLA GMACs | official GMACs | published GFLOPs | s / view | speed-up vs backbone |',
              '|---|---|---|---|---|---|']
     for name in args.configs:
-        if name not in ZOO:
-            parser.error(f'{name!r} is not an STTS zoo config; choose from {sorted(ZOO)}')
+        if name not in stts_zoo:
+            parser.error(f'{name!r} is not an STTS zoo config; choose from {sorted(stts_zoo)}')
+        family, zoo = families.find_in_zoo(name)
         config = vtx_config.get(name)
         model, video, compiled = compiled_forward(config)
         ours = xla_gmacs(compiled)
-        with open(os.path.join(args.full, ZOO[name] + '.json')) as f:
+        with open(os.path.join(args.full, zoo.official_model + '.json')) as f:
             entry = json.load(f)
         measured = entry['flops_measured']['gmacs']
         published = (entry.get('published') or {}).get('gflops')
         seconds, speedup = '-', '-'
         if args.time:
             t = seconds_per_view(model, video, compiled, args.repeats)
-            family = next((f for f in BACKBONE if name.startswith(f)), None)
-            if family and family not in backbone_seconds:
-                base = vtx_config.get(BACKBONE[family])
-                backbone_seconds[family] = seconds_per_view(*compiled_forward(base), args.repeats)
+            backbone = family.unpruned_backbone
+            if backbone != name and backbone not in backbone_seconds:
+                base = vtx_config.get(backbone)
+                backbone_seconds[backbone] = seconds_per_view(*compiled_forward(base), args.repeats)
             seconds = f'{t:.2f}'
-            speedup = f'{backbone_seconds[family] / t:.2f}x' if family else '1.00x (backbone)'
+            speedup = (f'{backbone_seconds[backbone] / t:.2f}x' if backbone != name
+                       else '1.00x (backbone)')
         lines.append(f"| {name} | {ours:.1f} | {measured:.1f} | "
                      f"{published if published is not None else '-'} | {seconds} | {speedup} |")
         print(lines[-1], flush=True)

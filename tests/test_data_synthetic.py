@@ -1,4 +1,5 @@
 """The motion demo dataset: its label is visible in motion only, and `ensure` writes it once."""
+import glob
 import os
 
 import numpy as np
@@ -46,17 +47,18 @@ def test_label_is_in_the_motion_not_in_any_frame():
     assert ((frames[test] - mean) @ w).argmax(1).__eq__(labels[test]).mean() < 0.4
 
 
-def test_ensure_writes_once_and_deterministically(tmp_path):
-    def config(folder):
-        c = vtx_config.defaults().data
-        c.synthetic = 'motion'
-        c.num_classes = 4
-        c.train_shards = str(folder / 'train-*-of-*')
-        c.eval_shards = str(folder / 'eval-*-of-*')
-        c.synthetic_num_train, c.synthetic_num_eval, c.synthetic_num_shards = 24, 8, 3
-        c.num_frames, c.min_resize, c.crop_size, c.train_scale_range = 8, 32, 32, (32, 32)
-        return c
+def config(folder):
+    c = vtx_config.defaults().data
+    c.synthetic = 'motion'
+    c.num_classes = 4
+    c.train_shards = str(folder / 'train-*-of-*')
+    c.eval_shards = str(folder / 'eval-*-of-*')
+    c.synthetic_num_train, c.synthetic_num_eval, c.synthetic_num_shards = 24, 8, 3
+    c.num_frames, c.min_resize, c.crop_size, c.train_scale_range = 8, 32, 32, (32, 32)
+    return c
 
+
+def test_ensure_writes_once_and_deterministically(tmp_path):
     a, b = config(tmp_path / 'a'), config(tmp_path / 'b')
     synthetic.ensure(a)
     synthetic.ensure(b)
@@ -77,6 +79,36 @@ def test_ensure_writes_once_and_deterministically(tmp_path):
     a.num_classes = 5
     with pytest.raises(VtxError, match='num_classes=5'):
         synthetic.ensure(a)
+
+
+def test_an_interrupted_generation_is_made_again_in_full(tmp_path, monkeypatch):
+    """Killed after some shards of the train set were complete: the rerun regenerates the whole
+    set instead of training on the shards that happened to be finished."""
+    write_split = synthetic.write_split
+
+    def killed_after_one_shard(out_dir, prefix, split, num_videos, num_shards, spec, seed=0):
+        write_split(out_dir, prefix, split, num_videos // num_shards, 1, spec, seed)
+        os.replace(os.path.join(out_dir, f'{prefix}-00000-of-00001'),
+                   os.path.join(out_dir, f'{prefix}-00000-of-{num_shards:05d}'))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic, 'write_split', killed_after_one_shard)
+    c = config(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.ensure(c)
+    assert os.listdir(tmp_path).count('train-00000-of-00003') == 1
+    monkeypatch.setattr(synthetic, 'write_split', write_split)
+    synthetic.ensure(c)
+    assert sum(pipeline.count_records(p) for p in glob.glob(c.train_shards)) == 24
+    assert not [n for n in os.listdir(tmp_path) if 'generating' in n]
+
+
+def test_shards_the_generator_did_not_finish_are_refused(tmp_path):
+    c = config(tmp_path)
+    synthetic.ensure(c)
+    os.remove(tmp_path / 'train.motion.json')
+    with pytest.raises(VtxError, match='did not finish .*train.motion.json is missing'):
+        synthetic.ensure(c)
 
 
 def test_command_line(tmp_path):

@@ -100,3 +100,23 @@ def test_cli_lowers_for_several_platforms_and_refuses_bad_output(params_checkpoi
     wrong = run(['-m', 'vtx.export', '--config', 'configs/demo.py', f'--checkpoint={ckpt}',
                  '--format=stablehlo', f'--out={tmp_path / "wrong"}'])  # the full-size demo model
     assert wrong.returncode == 2 and 'does not fit the configured model' in wrong.stderr
+
+
+def test_features_artefact_returns_the_embeddings(params_checkpoint, tmp_path):
+    from vtx import export, predict
+    config, ckpt = params_checkpoint
+    out = str(tmp_path / 'features')
+    export.export(config, ckpt, 'stablehlo', out, output='features')
+    d = config.data
+    clips = np.random.default_rng(1).normal(
+        size=(2, d.num_frames, d.crop_size, d.crop_size, 3)).astype(np.float32)
+    np.save(tmp_path / 'in.npy', clips)
+    result = run(['-c', LOADERS['stablehlo'], out, str(tmp_path / 'in.npy'),
+                  str(tmp_path / 'out.npy')])
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictor = predict.Predictor(config, ckpt)
+    expected = predictor.view_features([c[None] for c in clips], 2)
+    np.testing.assert_allclose(np.load(tmp_path / 'out.npy'), expected, rtol=0, atol=1e-5)
+    with open(os.path.join(out, export.SERVING_META)) as f:
+        assert json.load(f)['output'] == {'name': 'features', 'dtype': 'float32',
+                                          'shape': ['B', config.model.hidden_size]}

@@ -1,4 +1,5 @@
-"""Full-size zoo entries (parity/full/{tokshift,vit,xvit}*.json): each vtx zoo config builds, by
+"""Full-size zoo entries of the ViT families (vit: TokShift and its baseline, xvit; their
+parity/full/*.json named in `vtx.families`): each vtx zoo config builds, by
 shape inference only, a model with the official parameter count, and converting a state dict of
 exactly the official keys and shapes (placeholder values, never materialised) fills every vtx
 parameter with nothing left over."""
@@ -10,46 +11,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vtx.convert import engine, families
+from tests.test_families import FULL, full_size_models
+from vtx import families
+from vtx.convert import engine
 from vtx import config as vtx_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FULL = os.path.join(REPO, os.environ.get('VTX_PARITY_FULL', '../shared/parity/full'))
-
-# zoo entry (json stem) -> (vtx config module, converter family)
-ZOO = {
-    'vit_b16_224_8f': ('vit_b16_224_8f', 'tokshift'),
-    'tokshift_b16_224_8f': ('tokshift_b16_224_8f', 'tokshift'),
-    'tokshift_mr_b16_256_8f': ('tokshift_mr_b16_256_8f', 'tokshift'),
-    'tokshift_hr_b16_384_8f': ('tokshift_hr_b16_384_8f', 'tokshift'),
-    'tokshift_b16_224_16f': ('tokshift_b16_224_16f', 'tokshift'),
-    'tokshift_large_hr_l16_384_8f': ('tokshift_large_hr_l16_384_8f', 'tokshift'),
-    'tokshift_large_hr_l16_384_12f': ('tokshift_large_hr_l16_384_12f', 'tokshift'),
-    'xvit_b16_16_k600': ('xvit_k600', 'xvit'),
-    'xvit_b16_16_ss2': ('xvit_ssv2', 'xvit'),
-}
+FAMILIES = ('vit', 'xvit')
 
 
-def _entries():
-    if not os.path.isdir(FULL):
-        return []
-    return sorted(f[:-len('.json')] for f in os.listdir(FULL)
-                  if f.endswith('.json') and f.startswith(('tokshift', 'vit', 'xvit')))
+def test_entries_found():
+    assert full_size_models(*FAMILIES), f'no parity/full folder at {FULL}'
 
 
-def test_every_entry_has_a_config():
-    assert _entries(), f'no tokshift/vit/xvit entries under {FULL}'
-    assert sorted(_entries()) == sorted(ZOO), 'map every parity/full entry to its config in ZOO'
-
-
-@pytest.mark.parametrize('stem', _entries())
+@pytest.mark.parametrize('stem', full_size_models(*FAMILIES))
 def test_zoo_config_matches_official(stem):
     from vtx import optim
     from vtx.models import build_model
     with open(os.path.join(FULL, stem + '.json')) as f:
         entry = json.load(f)
-    module, family = ZOO[stem]
-    config = vtx_config.get(module)
+    family, zoo = families.find_in_zoo(official_model=stem)
+    config = vtx_config.get(zoo.config)
     model = build_model(config.model)
     d = config.data
     abstract = engine.abstract_params_of(
@@ -61,7 +42,7 @@ def test_zoo_config_matches_official(stem):
 
     state = {k: np.broadcast_to(np.float32(0.5), shape)
              for k, (shape, _) in engine.strip_module_prefix(entry['state_dict']).items()}
-    table = families.converter(family).table(config.model)
+    table = family.converter_module().table(config.model)
     params, report = engine.convert_with_report(state, table, abstract)
     assert report.ok, report.format()
     assert not report.filled
@@ -75,7 +56,7 @@ def _fields(module):
             if f.name not in ('parent', 'name')}
 
 
-@pytest.mark.parametrize('stem', _entries())
+@pytest.mark.parametrize('stem', full_size_models(*FAMILIES))
 def test_zoo_config_is_the_official_model(stem):
     """The model a zoo config builds equals the one derived from the official config alone
     (for XViT, from the YAML `cfg` that official checkpoints carry)."""
@@ -84,12 +65,12 @@ def test_zoo_config_is_the_official_model(stem):
     from vtx.models import build_model
     with open(os.path.join(FULL, stem + '.json')) as f:
         entry = json.load(f)
-    module, family = ZOO[stem]
-    converter = families.converter(family)
-    if family == 'xvit':
+    family, zoo = families.find_in_zoo(official_model=stem)
+    converter = family.converter_module()
+    if family.name == 'xvit':
         official = converter.model_config_from_checkpoint(
             {'cfg': yaml.safe_dump(entry['official_config'])})
     else:
         official = converter.model_config_from_manifest(entry)
-    ours = vtx_config.get(module).model
+    ours = vtx_config.get(zoo.config).model
     assert _fields(build_model(ours)) == _fields(build_model(official))

@@ -1,5 +1,5 @@
 """MViT and STTS: block schedule, head input and selected tokens against the official ones, the
-training path, and the full-size zoo (parity/full/MViT*.json, VideoSwin-T0*.json): each zoo
+training path, and the full-size zoo (the mvit and stts_video_swin zoos of `vtx.families`): each zoo
 config builds (shape inference only) the official model with the official parameter count and
 keep counts, and a state dict of exactly the official keys and shapes fills every parameter with
 nothing left over.
@@ -13,28 +13,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vtx.convert import engine, families
+from vtx import families
+from vtx.convert import engine
+from vtx.convert import families as converters
 from tests.conftest import REPO
+from tests.test_families import FULL, full_size_models
 from vtx.models import build_model
 from vtx import config as vtx_config
 from vtx.models import mvit
 
 CASES = os.path.join(REPO, os.environ.get('VTX_PARITY_CASES', '../shared/parity/cases'))
-FULL = os.path.join(REPO, os.environ.get('VTX_PARITY_FULL', '../shared/parity/full'))
 
 
-def _config_module(stem: str) -> str:
-    """parity/full stem -> config module: the zoo name with '-' -> '_' and '.' -> 'p'."""
-    if stem.startswith('MViT-B_16x4'):
-        return 'mvit_b_16x4_k400'
-    return 'stts_' + stem.lower().replace('-', '_').replace('.', 'p')
-
-
-def _full_entries():
-    if not os.path.isdir(FULL):
-        return []
-    return sorted(f[:-len('.json')] for f in os.listdir(FULL)
-                  if f.endswith('.json') and f.startswith(('MViT', 'VideoSwin-T0')))
+STTS_FAMILIES = ('mvit', 'stts_video_swin')
 
 
 def _stts_cases():
@@ -141,11 +132,11 @@ def test_features_and_selection_match_official(case):
     case_dir = os.path.join(CASES, case)
     with open(os.path.join(case_dir, 'manifest.json')) as f:
         manifest = json.load(f)
-    model_config = families.converter('stts').model_config_from_manifest(manifest)
+    model_config = converters.converter('stts').model_config_from_manifest(manifest)
     model = build_model(model_config)
     video = jnp.asarray(to_model_layout(np.load(os.path.join(case_dir, manifest['input']['file'])),
                                         manifest['input']['layout']))
-    params = families.convert_checkpoint(
+    params = converters.convert_checkpoint(
         'stts', os.path.join(case_dir, manifest['checkpoint']['file']), model_config,
         engine.abstract_params_of(model, video, train=False), log=None)
     (_, features), state = jax.jit(lambda p, v: model.apply(
@@ -165,11 +156,8 @@ def test_features_and_selection_match_official(case):
                                    err_msg=debug['module'])
 
 
-def test_every_full_entry_has_a_config():
-    entries = _full_entries()
-    assert entries, f'no MViT*/VideoSwin-T0* entries under {FULL}'
-    for stem in entries:
-        vtx_config.resolve(_config_module(stem))
+def test_full_entries_found():
+    assert full_size_models(*STTS_FAMILIES), f'no parity/full folder at {FULL}'
 
 
 def _fields(module):
@@ -177,15 +165,15 @@ def _fields(module):
             if f.name not in ('parent', 'name')}
 
 
-@pytest.mark.parametrize('stem', _full_entries())
+@pytest.mark.parametrize('stem', full_size_models(*STTS_FAMILIES))
 def test_zoo_config_builds_the_official_model(stem):
     from vtx import optim
     with open(os.path.join(FULL, stem + '.json')) as f:
         entry = json.load(f)
-    config = vtx_config.get(_config_module(stem))
+    config = vtx_config.get(families.find_in_zoo(official_model=stem)[1].config)
     model = build_model(config.model)
     # The zoo config states exactly the official architecture (including the selection ratios).
-    official = families.converter('stts').model_config_from_manifest(entry)
+    official = converters.converter('stts').model_config_from_manifest(entry)
     assert _fields(model) == _fields(build_model(official))
 
     d = config.data
@@ -196,7 +184,7 @@ def test_zoo_config_builds_the_official_model(stem):
 
     state = {k: np.broadcast_to(np.float32(0.5), shape) for k, (shape, _) in
              entry['state_dict'].items()}
-    params, report = engine.convert_with_report(state, families.converter('stts').table(
+    params, report = engine.convert_with_report(state, converters.converter('stts').table(
         config.model), abstract)
     assert report.ok, report.format()
     assert not report.filled and set(report.mapped) | set(report.ignored) == set(state)
@@ -233,7 +221,7 @@ def test_backbone_checkpoint_without_scorers_initialises_them(tmp_path):
                             weights_only=True)
     backbone = {k: v for k, v in checkpoint['model_state'].items() if 'score_predictor' not in k}
     torch.save({'model_state': backbone, 'cfg': checkpoint['cfg']}, tmp_path / 'plain.pyth')
-    model_config = stts.model_config_from_manifest(manifest)
+    model_config = converters.converter('stts').model_config_from_manifest(manifest)
     abstract = engine.abstract_params_of(build_model(model_config), jnp.zeros((1, 8, 80, 80, 3)))
     params = engine.flatten_params(stts.import_backbone(str(tmp_path / 'plain.pyth'), model_config,
                                                         abstract, log=None))

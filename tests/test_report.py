@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from scripts import render_model_table
-from vtx import report
+from vtx import families, report
 from vtx import config as vtx_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,17 +104,15 @@ def test_cli_json(capsys):
 
 # One full-size config per family (traced only, never compiled or materialised) against the
 # MACs the official code performs (torch FlopCounterMode / 2).
-FULL_SIZE = {'vit_b16_224_8f': 'vit_b16_224_8f', 'xvit_k600': 'xvit_b16_16_k600',
-             'swin_tiny_patch244_window877_kinetics400_1k': 'swin_tiny_patch244_window877_kinetics400_1k',
-             'tps_swin_tiny_2D_patch244_k400': 'tps_swin_tiny_2D_patch244_k400',
-             'mvit_b_16x4_k400': 'MViT-B_16x4_plain_no_selection',
-             'stts_mvit_t0_0p6_s4_0p9': 'MViT-T0_0.6-S4_0.9',
-             'stts_videoswin_t0_0p6': 'VideoSwin-T0_0.6'}
+FULL_SIZE = ('vit_b16_224_8f', 'xvit_k600', 'swin_tiny_patch244_window877_kinetics400_1k',
+             'tps_swin_tiny_2D_patch244_k400', 'mvit_b_16x4_k400', 'stts_mvit_t0_0p6_s4_0p9',
+             'stts_videoswin_t0_0p6')
 
 
 @pytest.mark.parametrize('config_name', sorted(FULL_SIZE))
 def test_full_size_macs_equal_official(config_name):
-    with open(os.path.join(FULL, FULL_SIZE[config_name] + '.json')) as f:
+    _, zoo = families.find_in_zoo(config_name)
+    with open(os.path.join(FULL, zoo.official_model + '.json')) as f:
         official = json.load(f)['flops_measured']['macs']
     config = vtx_config.load(config_name)
     assert report.model_macs(config, 1, 'forward') == pytest.approx(official, rel=1e-6)

@@ -1,4 +1,5 @@
-"""The sharded train step equals the single-device step (8 forced CPU devices, in a subprocess)."""
+"""The trainer's sharded train step (`vtx.steps.build`) equals the single-device step (8 forced
+CPU devices, in a subprocess)."""
 import json
 import os
 import subprocess
@@ -20,13 +21,11 @@ def run_layouts():
     """Runs 3 train steps from the same init on 1 device and on each 8-device layout."""
     import jax
     from conftest import tiny_demo_config
-    from vtx import sharding, train
-    from vtx.models import build_model
+    from vtx import sharding, steps
 
     config = tiny_demo_config('/nonexistent', **{'train.grad_accum_steps': 2,
                                                 'model.drop_path_rate': 0.1,
                                                 'mesh.fsdp_min_size': 64})
-    model = build_model(config.model)
     rng = np.random.default_rng(0)
     batches = [{'image': rng.standard_normal((8, 8, 16, 16, 3)).astype(np.float32),
                 'label': rng.integers(0, 4, 8).astype(np.int32)} for _ in range(3)]
@@ -36,14 +35,11 @@ def run_layouts():
         config.mesh.model_axis_size = model_axis
         config.mesh.param_sharding = placement
         mesh = sharding.make_mesh(config.mesh, devices)
-        state, state_sharding, tx, schedule = train.create_train_state(config, model, mesh)
-        step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, schedule=schedule,
-                                                     config=config),
-                       in_shardings=(state_sharding, sharding.batch_sharding(mesh, 1)),
-                       out_shardings=(state_sharding, sharding.replicated(mesh)))
+        built = steps.build(config, mesh)
+        state = built.init_state()
         losses = []
         for b in batches:
-            state, metrics = step(state, jax.device_put(b, sharding.batch_sharding(mesh, 1)))
+            state, metrics = built.train_step(state, jax.device_put(b, built.batch_sharding))
             losses.append(float(metrics['loss']))
         kernel = state.params['layer_1']['ffn']['fc1']['kernel']
         results[name] = {'losses': losses,

@@ -1,5 +1,5 @@
-"""STTS token selection: top-k operators, the two selectors and their training path (the official
-indices of the parity cases are checked in tests/test_mvit.py)."""
+"""STTS token selection: the two selectors and their training path (the top-k operators are in
+tests/test_kernels.py, the official indices of the parity cases in tests/test_mvit.py)."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,42 +10,9 @@ import torch
 from vtx.models import token_selection as ts
 
 
-def test_hard_top_k_keeps_the_k_largest_in_ascending_order():
-    scores = jnp.array([[0.1, 0.9, 0.3, 0.8, 0.5], [1.0, 0.0, 0.2, 0.4, 0.3]])
-    np.testing.assert_array_equal(ts.hard_top_k(scores, 3), [[1, 3, 4], [0, 3, 4]])
-
-
 def test_min_max_normalize():
     s = ts.min_max_normalize(jnp.array([[2.0, 4.0, 3.0]]))
     np.testing.assert_allclose(s, [[0.0, 2 / (2 + 1e-5), 1 / (2 + 1e-5)]], rtol=1e-6)
-
-
-def test_perturbed_top_k_forward_and_backward_follow_the_estimator():
-    rng = np.random.default_rng(0)
-    scores = rng.uniform(size=(2, 6)).astype(np.float32)
-    noise = rng.standard_normal((2, 50, 6)).astype(np.float32)
-    sigma, k = 0.3, 2
-    cotangent = rng.standard_normal((2, k, 6)).astype(np.float32)
-    # Independent numpy computation of the official forward and custom backward.
-    perturbed = scores[:, None] + sigma * noise
-    idx = np.sort(np.argsort(-perturbed, axis=-1)[..., :k], axis=-1)
-    one_hot = np.eye(6, dtype=np.float32)[idx]                     # b n k d
-    expected_forward = one_hot.mean(1)
-    expected_grad = np.einsum('bkd,bkd->bd', cotangent,
-                              np.einsum('bnkd,bnd->bkd', one_hot, noise) / 50 / sigma)
-    out, vjp = jax.vjp(lambda s: ts.perturbed_top_k(s, jnp.asarray(noise), jnp.float32(sigma), k),
-                       jnp.asarray(scores))
-    np.testing.assert_allclose(out, expected_forward, atol=1e-6)
-    np.testing.assert_allclose(vjp(jnp.asarray(cotangent))[0], expected_grad, rtol=1e-4, atol=1e-5)
-
-
-def test_perturbed_top_k_at_zero_sigma_is_hard_top_k_with_zero_gradient():
-    scores = jax.random.uniform(jax.random.PRNGKey(0), (3, 8))
-    noise = jax.random.normal(jax.random.PRNGKey(1), (3, 500, 8))
-    indicators, vjp = jax.vjp(lambda s: ts.perturbed_top_k(s, noise, jnp.float32(0.0), 3), scores)
-    np.testing.assert_array_equal(indicators, jax.nn.one_hot(ts.hard_top_k(scores, 3), 8))
-    grad = vjp(jnp.ones_like(indicators))[0]
-    assert np.all(np.isfinite(grad)) and not np.any(grad)
 
 
 def test_window_token_indices_match_torch_unfold():

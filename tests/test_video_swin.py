@@ -16,10 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vtx import families as registry
 from vtx.convert import engine, families, inflate
 from convert.verify import to_model_layout
+from tests.test_families import full_size_models
 from vtx import optim
 from vtx import config as vtx_config
+from vtx.kernels.window_attention import window_attention
 from vtx.models import build_model, video_swin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +31,8 @@ FULL = os.path.join(REPO, os.environ.get('VTX_PARITY_FULL', '../shared/parity/fu
 
 
 def full_entries(prefix):
+    """parity/full stems starting with `prefix` (test_tps's lookup; the zoo itself is
+    `vtx.families`)."""
     paths = glob.glob(os.path.join(FULL, prefix + '*.json'))
     return sorted(os.path.basename(p)[:-len('.json')] for p in paths)
 
@@ -71,8 +76,9 @@ def check_zoo_config(stem):
     official hyperparameters, and a state dict of the official keys/shapes fills every param."""
     with open(os.path.join(FULL, stem + '.json')) as f:
         full = json.load(f)
-    config = vtx_config.get(stem)
-    converter = families.converter(config.model.name)
+    family, zoo = registry.find_in_zoo(official_model=stem)
+    config = vtx_config.get(zoo.config)
+    converter = family.converter_module()
     model = build_model(config.model)
     official = converter.model_config_from_manifest(full)
     for field, value in official.items():
@@ -101,11 +107,11 @@ def check_official_param_groups(config, abstract):
 
 
 def test_fixtures_found():
-    assert full_entries('swin_'), f'no swin_*.json under {FULL}'
+    assert full_size_models('video_swin'), f'no parity/full folder at {FULL}'
     assert cases('video_swin'), f'no video_swin cases under {CASES}'
 
 
-@pytest.mark.parametrize('stem', full_entries('swin_'))
+@pytest.mark.parametrize('stem', full_size_models('video_swin'))
 def test_zoo_config_matches_official(stem):
     check_zoo_config(stem)
 
@@ -193,7 +199,7 @@ def test_window_attention_vjp_equals_autodiff_of_the_formula(with_mask):
         out, pullback = jax.vjp(fn, qkv, bias)
         return out, pullback(cotangent)
 
-    out, (dqkv, dbias) = vjp(lambda a, b: video_swin.window_attention(a, b, mask))
+    out, (dqkv, dbias) = vjp(lambda a, b: window_attention(a, b, mask))
     ref_out, (ref_dqkv, ref_dbias) = vjp(formula)
     np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(dqkv, ref_dqkv, rtol=1e-4, atol=1e-5)

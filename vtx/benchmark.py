@@ -3,10 +3,10 @@
 `python -m vtx.benchmark --config configs/X.py [--batch N] [--mode forward|train] [--json]
  [--warmup 1] [--steps 7] [--config.model.dtype=bfloat16 ...]`
 
-The timed functions are the ones that train and serve: `vtx.train.train_step` (on the state of
-`vtx.train.create_train_state`, sharded over every local device as in training) and
-`model.apply(train=False)`. Each step is synchronised (`block_until_ready`). Compilation is
-timed apart, then `--warmup` untimed steps run, then `--steps` timed ones.
+The timed functions are the ones that train and serve: `train_step` and `forward` of
+`vtx.steps.build` (the state and the batch sharded over every device as in training). Each step
+is synchronised (`block_until_ready`). Compilation is timed apart, then `--warmup` untimed steps
+run, then `--steps` timed ones.
 
 MFU = 2 x MACs per step / median step time / peak, where MACs are those of the step's traced
 program (`vtx.report.count_macs`; the train step includes its backward; with remat the recomputed
@@ -29,9 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vtx import config as vtx_config
-from vtx import report, sharding, train
+from vtx import report
+from vtx.steps import Steps, input_shape  # not `steps`: benchmark() has a `steps` count
 from vtx.errors import VtxError
-from vtx.models import COMPUTE_DTYPES, IMPLEMENTATION_FIELDS, build_model
+from vtx.models import COMPUTE_DTYPES, IMPLEMENTATION_FIELDS
 
 def compute_dtype(config) -> str:
     name = str(config.model.get('dtype', 'float32'))
@@ -68,11 +69,12 @@ def matmul_peak(dtype: str, size: int | None = None, warmup: int = 2, repeats: i
             'flops_per_sec_max': flops / min(times)}
 
 
-def _random_batch(config, batch: int, mesh):
+def _random_batch(built: Steps, batch: int):
     rng = np.random.default_rng(0)
-    local = {'image': rng.uniform(-1, 1, train.input_shape(config, batch)).astype(np.float32),
+    config = built.config
+    local = {'image': rng.uniform(-1, 1, input_shape(config, batch)).astype(np.float32),
              'label': rng.integers(0, config.model.num_classes, (batch,)).astype(np.int32)}
-    return jax.tree.map(lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.ndim)), local)
+    return jax.device_put(local, built.batch_sharding)
 
 
 def device_peak_memory() -> int | None:
@@ -86,27 +88,26 @@ def benchmark(config, batch: int = 1, mode: str = 'train', warmup: int = 1, step
     """Times `mode` ('forward' or 'train') of `config` on a random batch of `batch` clips."""
     if mode not in report.MODES:
         raise VtxError(f'--mode {mode!r}: use one of {report.MODES}')
-    config = report.abstract_setup(config)[0]  # the same config the report uses (no accumulation)
-    mesh = sharding.make_mesh(config.mesh)
-    if batch % mesh.shape['data']:
+    built = report.build_steps(config)
+    config, data_devices = built.config, built.mesh.shape['data']
+    if batch % data_devices:
         raise VtxError(f"--batch {batch} must be a multiple of the mesh's data axis "
-                       f"({mesh.shape['data']} devices)")
-    model = build_model(config.model)
-    state, _, tx, schedule = train.create_train_state(config, model, mesh)
-    data = _random_batch(config, batch, mesh)
-    fn = report.step_function(config, model, tx, schedule, mode)
+                       f"({data_devices} devices)")
+    state = built.init_state()
+    data = _random_batch(built, batch)
+    fn, args = report.step_call(built, mode, state, data)
     start = time.perf_counter()
-    compiled, costs = report.step_costs(fn, state, data, mode)
+    compiled, costs = report.step_costs(fn, args, state.params, mode)
     compile_s = time.perf_counter() - start
 
     if mode == 'train':
         def step():
             nonlocal state
-            state, metrics = compiled(state, data)
+            state, metrics = compiled(state, data)  # the state was donated: carry the new one
             return metrics
     else:
         def step():
-            return compiled(state, data)
+            return compiled(*args)
 
     _timed(step, warmup)
     times = _timed(step, steps)
@@ -119,7 +120,7 @@ def benchmark(config, batch: int = 1, mode: str = 'train', warmup: int = 1, step
         'model': config.model.name, 'mode': mode, 'batch': batch, 'dtype': dtype,
         'backend': jax.default_backend(), 'devices': jax.device_count(),
         'device_kind': jax.devices()[0].device_kind,
-        'input_shape_per_view': list(train.input_shape(config, 1)),
+        'input_shape_per_view': list(input_shape(config, 1)),
         'fast_paths': {k: config.model[k] for k in IMPLEMENTATION_FIELDS
                        if k in config.model and k != 'dtype'},
         'compile_s': compile_s, 'lower_s': costs['lower_s'], 'xla_compile_s': costs['xla_compile_s'],
@@ -153,7 +154,7 @@ def format_result(r: dict) -> str:
 
 def main(argv=None):
     overrides, rest = report.parse_overrides(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog='python -m vtx.benchmark',
+    parser = argparse.ArgumentParser(prog='vtx-benchmark',
                                      description=__doc__.split('\n')[0])
     parser.add_argument('--config', required=True, help='a config file (configs/X.py)')
     parser.add_argument('--batch', type=int, default=1)

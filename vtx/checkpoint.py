@@ -1,6 +1,6 @@
 """Checkpoints: training state (orbax CheckpointManager in the workdir) and standalone params.
 
-A *params checkpoint* is what `python -m convert` writes and what `--config.init_from` reads:
+A *params checkpoint* is what `vtx-convert` writes and what `--config.init_from` reads:
 a folder with `params/` (orbax) and `vtx_params.json` (the model config it was made for, plus
 free-form metadata such as label names and the source file).
 """
@@ -43,7 +43,7 @@ def load_params(directory: str, abstract_params=None):
     directory = os.path.abspath(directory)
     if not is_params_checkpoint(directory):
         raise CheckpointError(f'{directory} is not a vtx params checkpoint (no {PARAMS_META}); '
-                              'make one with `python -m convert`')
+                              'make one with `vtx-convert`')
     with open(os.path.join(directory, PARAMS_META)) as f:
         meta = json.load(f)
     with ocp.StandardCheckpointer() as ckptr:
@@ -105,3 +105,23 @@ def load_any_params(path: str, abstract_params):
         with open(config_path) as f:
             meta['model'] = json.load(f).get('model')
     return restored['params'], meta
+
+
+def workdir_model(path: str):
+    """(config.model, config.data) of the run a training workdir holds, from its config.json, or
+    None when `path` holds no such file."""
+    config_path = os.path.join(path, 'config.json')
+    if not os.path.isfile(config_path):
+        return None
+    with open(config_path) as f:
+        stored = json.load(f)
+    return stored.get('model'), stored.get('data', {})
+
+
+def read_params_metadata(directory: str) -> dict:
+    """The `vtx_params.json` of a params checkpoint: the model config and free-form metadata."""
+    try:
+        with open(os.path.join(directory, PARAMS_META)) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f'{directory}: cannot read {PARAMS_META} ({e})') from None

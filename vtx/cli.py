@@ -14,10 +14,28 @@ from vtx.errors import VtxError  # noqa: E402
 _program = ['vtx']  # the running command's name, for its error lines
 
 
+def _flag_value(argv, name: str):
+    """The value given to `--name` in `argv` (either spelling), or None."""
+    for i, arg in enumerate(argv):
+        if arg == f'--{name}' and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(f'--{name}='):
+            return arg.split('=', 1)[1]
+    return None
+
+
 def resolve_config_flag(argv):
     """`argv` with the value of `--config NAME` / `--config=NAME` replaced by the file it names
     (ml_collections' config flag reads a path); an unknown name exits with one error line."""
     argv = list(argv)
+    model = _flag_value(argv, 'model')
+    if model:
+        from vtx import pretrained
+        if not pretrained.is_zoo_name(model):
+            fail(f'--model {model}: not a zoo model{pretrained.close_matches_hint(model)} '
+                 '(vtx-zoo list shows them all)')
+        if _flag_value(argv, 'config') is None:
+            argv.insert(1, f'--config={model}')  # the model's own config: overrides apply to it
     for i, arg in enumerate(argv):
         if arg == '--':
             break
@@ -50,9 +68,20 @@ def parse_flags(argv):
                       "fields are listed in vtx/config.py) and give a value of that field's type.")
 
 
+def _print_help(main):
+    """The command's docstring and its own flags, on stdout (absl's --help shows only the flags
+    of the file named in argv[0], which for a console command is a wrapper with none)."""
+    module = main.__module__
+    print((sys.modules[module].__doc__ or '').strip() + '\n')
+    print(flags.FLAGS.module_help(module))
+
+
 def run(main, program: str, define_flags=None):
     """Runs an absl `main` as the console command `program` (or its `python -m` module)."""
     _program[0] = program
     if define_flags is not None:
         define_flags()
+    if any(arg in ('-h', '--help', '-help', '--helpshort') for arg in sys.argv[1:]):
+        _print_help(main)
+        sys.exit(0)
     app.run(main, argv=resolve_config_flag(sys.argv), flags_parser=parse_flags)

@@ -10,6 +10,7 @@ own `configs/` folder on the path cannot shadow them.
 import dataclasses
 import difflib
 import importlib.util
+import json
 import os
 from typing import List, Optional
 
@@ -98,8 +99,50 @@ def set_overrides(config: ml_collections.ConfigDict, overrides: Optional[dict]):
 
 
 def load(name_or_path: str, overrides: Optional[dict] = None) -> ml_collections.ConfigDict:
-    """A config by zoo name or path, with dotted `overrides` set, checked by `check`."""
-    return check(set_overrides(get(name_or_path), overrides))
+    """A config by zoo name or path, with dotted `overrides` set, completed and checked by
+    `prepare`."""
+    return prepare(set_overrides(get(name_or_path), overrides))
+
+
+def prepare(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Fills the fields `config.data.dataset` determines, then `check`s the result. Every entry
+    point (train, eval, predict, export, report) calls this before any work."""
+    if config.get('data', {}).get('dataset'):
+        _apply_dataset(config)
+    return check(config)
+
+
+def _apply_dataset(config) -> None:
+    """A folder written by `vtx-shards-from-folder` sets the shards, the class count (of the data
+    and the model's classifier) and the train-set size, and how its frames were stored."""
+    folder = os.path.abspath(os.path.expanduser(config.data.dataset))
+    path = os.path.join(folder, 'dataset.json')
+    try:
+        with open(path) as f:
+            dataset = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f'config.data.dataset={config.data.dataset!r}: cannot read {path} '
+                          f'({getattr(e, "strerror", None) or e}); make the folder with '
+                          'vtx-shards-from-folder') from None
+    data = config.data
+    data.synthetic = ''  # the folder replaces any built-in set the config would generate
+    data.train_shards = os.path.join(folder, dataset['train']['pattern']) if 'train' in dataset else ''
+    data.eval_shards = os.path.join(folder, dataset['val']['pattern']) if 'val' in dataset else ''
+    data.num_classes = dataset['num_classes']
+    data.num_train_examples = dataset.get('train', {}).get('videos', 0)
+    for field in ('shard_short_side', 'shard_fps', 'shard_qscale'):
+        data[field] = type(data[field])(dataset[field])
+    if 'num_classes' in config.model:
+        config.model.num_classes = dataset['num_classes']
+
+
+def dataset_label_names(config) -> Optional[List[str]]:
+    """The class names of `config.data.dataset`, if the config reads such a folder."""
+    if not config.data.get('dataset'):
+        return None
+    folder = os.path.abspath(os.path.expanduser(config.data.dataset))
+    with open(os.path.join(folder, 'labels.txt')) as f:
+        return [line.rstrip('\n') for line in f if line.strip()]
 
 
 # config.model field -> the config.data field it must equal (each where the family has the field).
@@ -126,9 +169,12 @@ def defaults() -> ml_collections.ConfigDict:
     """
     c = ml_collections.ConfigDict()
     c.seed = 0
-    # A vtx params checkpoint (written by `vtx-convert` or a vtx run), an ImageNet .npz (ViT
-    # families) or a 2D ImageNet Swin .pth (inflated); '' trains from scratch.
+    # Where the params start ('': from scratch): a zoo model name (downloaded and converted once),
+    # a vtx params checkpoint or workdir, an official checkpoint of the family, or the pretrained
+    # file its official fine-tuning starts from (ImageNet ViT .npz, 2D ImageNet Swin .pth, ...).
+    # A classifier trained on another number of classes is re-initialised (vtx.finetune).
     c.init_from = ''
+    c.init_reinit = ''  # regex over parameter paths to re-initialise too, e.g. 'temporal_head/.*'
     c.distributed = False  # call jax.distributed.initialize (TPU pods and SLURM auto-detect)
 
     c.model = ml_collections.ConfigDict({'name': ''})  # a zoo config sets model_defaults(family)
@@ -136,6 +182,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.train_shards = ''   # glob(s) of DMVR shards, comma-separated
     c.data.eval_shards = ''
+    # A folder written by vtx-shards-from-folder: sets the shards, class count (data and model),
+    # train-set size and shard settings from its dataset.json (vtx.config.prepare).
+    c.data.dataset = ''
     c.data.tfds_name = ''      # alternative source: a prepared TFDS dataset with a video feature
     c.data.tfds_data_dir = ''
     c.data.tfds_train_split = 'train'

@@ -1,11 +1,12 @@
 """Command line: write a trained or converted model as a self-contained serving artefact.
 
-    python -m vtx.export --config configs/X.py --checkpoint DIR --format stablehlo|savedmodel \
-        --out PATH [--config.a.b=v ...] [--platforms cpu,cuda,tpu]
+    vtx-export --config NAME|FILE --checkpoint DIR --format stablehlo|savedmodel \
+        --out PATH [--config.a.b=v ...] [--platforms cpu,cuda,tpu] [--output logits|features]
 
-The artefact maps a batch of clips, float32 [B, T, H, W, 3] (B symbolic, T = data.num_frames,
-H = W = data.crop_size, RGB, normalised as the config's eval pipeline does), to logits
-float32 [B, K]; the params are inside it. Multi-view testing (clips x crops, then averaging
+(also `python -m vtx.export`). The artefact maps a batch of clips, float32 [B, T, H, W, 3]
+(B symbolic, T = data.num_frames, H = W = data.crop_size, RGB, normalised as the config's eval
+pipeline does), to logits float32 [B, K], or with `--output features` to the classifier's input
+features float32 [B, D] (`vtx.steps.eval_features`); the params are inside it. Multi-view testing (clips x crops, then averaging
 logits or probabilities) is left to the caller; `serving.json` next to the model records the
 input shape, normalisation, test protocol and class names it needs.
 
@@ -14,6 +15,7 @@ input shape, normalisation, test protocol and class names it needs.
 - savedmodel: PATH is a TF SavedModel (`jax2tf`, the StableHLO inside an XlaCallModule op; the
   params are tf.Variables) with signature 'serving_default': video -> logits.
 """
+import functools
 import json
 import os
 
@@ -26,6 +28,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from vtx import cli  # noqa: E402
+from vtx import config as vtx_config  # noqa: E402
 from vtx.errors import VtxError  # noqa: E402
 
 SERVING_META = 'serving.json'
@@ -33,7 +36,7 @@ STABLEHLO_FILE = 'model.jax_exported'
 FORMATS = ('stablehlo', 'savedmodel')
 
 
-def serving_metadata(config, label_names=None) -> dict:
+def serving_metadata(config, label_names=None, output: str = 'logits', width: int = 0) -> dict:
     """What a caller needs to feed the artefact and read its output."""
     d = config.data
     return {
@@ -45,7 +48,8 @@ def serving_metadata(config, label_names=None) -> dict:
             'mean': np.ravel(d.normalization_mean).tolist(),
             'std': np.ravel(d.normalization_std).tolist(),
             'formula': '(scale(uint8 frames) - mean) / std'},
-        'output': {'name': 'logits', 'shape': ['B', d.num_classes], 'dtype': 'float32'},
+        'output': {'name': output, 'dtype': 'float32',
+                   'shape': ['B', d.num_classes if output == 'logits' else width]},
         'test_protocol': {k: d.get(k) for k in (
             'num_frames', 'stride', 'sampling', 'min_resize', 'crop_size', 'eval_num_clips',
             'eval_num_crops', 'eval_aggregation')},
@@ -54,10 +58,15 @@ def serving_metadata(config, label_names=None) -> dict:
     }
 
 
-def _logits_fn(predictor):
-    model = predictor.model
-    return lambda params, video: model.apply({'params': params}, video,
-                                             train=False).astype(jnp.float32)
+OUTPUTS = ('logits', 'features')
+
+
+def _output_fn(predictor, output: str):
+    """(params, clips) -> float32 logits [B, K], or the embeddings [B, D] (`steps.eval_features`)."""
+    from vtx import steps
+    if output == 'features':
+        return functools.partial(steps.eval_features, predictor.model)
+    return lambda params, clips: steps.eval_logits(predictor.model, params, clips).astype(jnp.float32)
 
 
 def _clip_shape(config):
@@ -65,9 +74,9 @@ def _clip_shape(config):
     return (d.num_frames, d.crop_size, d.crop_size, 3)
 
 
-def export_stablehlo(predictor, out: str, platforms=None) -> str:
+def export_stablehlo(predictor, out: str, platforms=None, output: str = 'logits') -> str:
     """Writes out/model.jax_exported (batch dimension symbolic); returns its path."""
-    fn = _logits_fn(predictor)
+    fn = _output_fn(predictor, output)
     params = predictor.params
     batch, = jax.export.symbolic_shape('b')
     spec = jax.ShapeDtypeStruct((batch, *_clip_shape(predictor.config)), jnp.float32)
@@ -88,18 +97,18 @@ def load_stablehlo(path: str):
         return jax.export.deserialize(f.read())
 
 
-def export_savedmodel(predictor, out: str, platforms=None) -> str:
+def export_savedmodel(predictor, out: str, platforms=None, output: str = 'logits') -> str:
     """Writes a TF SavedModel to `out` (batch dimension polymorphic); returns `out`."""
     from jax.experimental import jax2tf
 
     from vtx.data.tf_on_host import tf
     variables = tf.nest.map_structure(tf.Variable, jax.device_get(predictor.params))
-    converted = jax2tf.convert(_logits_fn(predictor), polymorphic_shapes=[None, '(b, ...)'],
+    converted = jax2tf.convert(_output_fn(predictor, output), polymorphic_shapes=[None, '(b, ...)'],
                                native_serialization_platforms=platforms, with_gradient=False)
     module = tf.Module()
     module.params = variables
     module.serve = tf.function(
-        lambda video: {'logits': converted(module.params, video)}, autograph=False,
+        lambda video: {output: converted(module.params, video)}, autograph=False,
         input_signature=[tf.TensorSpec((None, *_clip_shape(predictor.config)), tf.float32,
                                        name='video')])
     tf.saved_model.save(module, out, signatures={'serving_default': module.serve})
@@ -107,19 +116,24 @@ def export_savedmodel(predictor, out: str, platforms=None) -> str:
 
 
 def export(config, checkpoint_dir: str, fmt: str, out: str, platforms=None,
-           label_names=None) -> str:
+           label_names=None, output: str = 'logits') -> str:
     """Loads the params and writes the artefact and its serving.json into the new folder `out`."""
     from vtx.predict import Predictor
     if fmt not in FORMATS:
         raise VtxError(f'--format={fmt!r}: expected one of {FORMATS}')
     if os.path.exists(out) and os.listdir(out):
         raise VtxError(f'--out {out} exists and is not empty; choose a new folder')
+    if output not in OUTPUTS:
+        raise VtxError(f'--output={output!r}: expected one of {OUTPUTS}')
     predictor = Predictor(config, checkpoint_dir, label_names)
     platforms = tuple(platforms) if platforms else (jax.export.default_export_platform(),)
     os.makedirs(out, exist_ok=True)
     writer = export_stablehlo if fmt == 'stablehlo' else export_savedmodel
-    path = writer(predictor, out, platforms)
-    meta = serving_metadata(config, predictor.label_names) | {'platforms': list(platforms)}
+    path = writer(predictor, out, platforms, output)
+    clip = jax.ShapeDtypeStruct((1, *_clip_shape(config)), jnp.float32)
+    width = jax.eval_shape(_output_fn(predictor, output), predictor.params, clip).shape[-1]
+    meta = serving_metadata(config, predictor.label_names, output, width) | {
+        'platforms': list(platforms)}
     with open(os.path.join(out, SERVING_META), 'w') as f:
         json.dump(meta, f, indent=1)
     return path
@@ -136,6 +150,8 @@ def define_flags():
                       'default: the one JAX runs on here. A SavedModel served by TensorFlow on '
                       'CPU needs cpu.')
     flags.DEFINE_string('labels', None, 'Class names, one per line, stored in serving.json.')
+    flags.DEFINE_enum('output', 'logits', list(OUTPUTS), 'What the artefact returns: logits, or '
+                      "the classifier's input features (embeddings).")
     flags.mark_flags_as_required(['config', 'checkpoint', 'out'])
 
 
@@ -147,8 +163,8 @@ def main(argv):
     from vtx.predict import read_label_names
     try:
         labels = read_label_names(FLAGS.labels) if FLAGS.labels else None
-        path = export(FLAGS.config, FLAGS.checkpoint, FLAGS.format, FLAGS.out, FLAGS.platforms,
-                      labels)
+        path = export(vtx_config.prepare(FLAGS.config), FLAGS.checkpoint, FLAGS.format, FLAGS.out,
+                      FLAGS.platforms, labels, FLAGS.output)
     except VtxError as e:
         cli.fail(e)
     print(f'wrote {path}')

@@ -1,20 +1,27 @@
-"""Command line: classify video files with a trained or converted model.
+"""Command line: classify video files, or write their embeddings, with a zoo, converted or
+trained model.
 
-    python -m vtx.predict --config configs/X.py --checkpoint DIR [--config.a.b=v ...] \
-        [--labels names.txt] [--top_k 5] [--json] [--batch_size N] VIDEO [VIDEO ...]
+    vtx-predict --model NAME [--config.a.b=v ...] VIDEO [VIDEO ...]
+    vtx-predict --config NAME|FILE --checkpoint DIR [--config.a.b=v ...] \
+        [--labels names.txt] [--top_k 5] [--json] [--batch_size N] [--features OUT.npz] VIDEO ...
 
-DIR is a params checkpoint (`python -m convert`, or any `checkpoint.save_params` folder) or a
-training workdir (the params of its newest checkpoint). Each video is turned into the record a
+NAME is a zoo model (`vtx-zoo list`: downloaded and converted on first use, then cached; where
+the official host needs a browser, give the downloaded file once with `--checkpoint FILE`). DIR
+is a params checkpoint (`vtx-convert`, or any `checkpoint.save_params` folder) or a training
+workdir (the params of its newest checkpoint). Also `python -m vtx.predict`. Each video is turned into the record a
 shard builder would write for it (decoded with PyAV, resampled to `data.shard_fps` if set, short
 side scaled to `data.shard_short_side`, JPEG-encoded at `data.shard_qscale`) and that record goes
 through the eval pipeline's view construction: the config's clips x crops, sampling, resize, crop
-and normalisation, bit for bit as `vtx.main --mode=eval` on shards. The views' logits are
-aggregated as `data.eval_aggregation` says and reported as class probabilities.
+and normalisation, bit for bit as `vtx-train --mode=eval` on shards. The views' logits are
+aggregated as `data.eval_aggregation` says and reported as class probabilities. With
+`--features OUT.npz`, the classifier's input averaged over the views is written instead
+(`features` [N, D] and `videos`, the files in the same order).
 
 Exit status: 0, or 1 when a video could not be decoded (the others are still classified), or 2
 for a bad config, checkpoint or label file.
 """
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -29,7 +36,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from vtx import checkpoint, cli  # noqa: E402
+from vtx import checkpoint, cli, steps  # noqa: E402
+from vtx import config as vtx_config  # noqa: E402
 from vtx.errors import VtxError  # noqa: E402
 from vtx.models import IMPLEMENTATION_FIELDS, build_model, model_class  # noqa: E402
 
@@ -39,13 +47,21 @@ def shard_settings(data_config):
         data_config.shard_qscale)
 
 
-def video_views(path: str, data_config) -> np.ndarray:
-    """One video file -> its eval views, float32 [V, T, c, c, 3]. Raises
-    `video_io.DecodeError` (naming the file) when the video cannot be read."""
+def video_views(video, data_config) -> np.ndarray:
+    """One video -> its eval views, float32 [V, T, c, c, 3]. `video` is a file (raises
+    `video_io.DecodeError` naming it when it cannot be read) or decoded RGB frames, uint8
+    [T, H, W, 3] at the rate the config's shards were built at."""
     from vtx.data import video_io
     from vtx.data import pipeline  # loads TF, which only feeds the host
     fps, short_side, qscale = shard_settings(data_config)
-    frames = video_io.decode_video(path, fps=fps)
+    if isinstance(video, str):
+        frames = video_io.decode_video(video, fps=fps)
+    else:
+        array = np.asarray(video)
+        if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8 or not len(array):
+            raise VtxError(f'a video given as an array must be uint8 frames [T, H, W, 3], got '
+                           f'{array.dtype} {array.shape}')
+        frames = video_io.frames_from_array(array)
     jpegs = video_io.JpegEncoder(qscale).encode(frames, short_side)
     return pipeline.video_eval_views(jpegs, data_config)
 
@@ -84,16 +100,16 @@ class Predictor:
 
     def __init__(self, config, checkpoint_dir: str, label_names: Optional[Sequence[str]] = None,
                  warn=lambda message: print(f'vtx.predict: warning: {message}', file=sys.stderr)):
-        from vtx import train
         self.config = config
         self.model = build_model(config.model)
-        abstract = nn.meta.unbox(train.abstract_variables(self.model, config)['params'])
+        abstract = nn.meta.unbox(steps.abstract_variables(self.model, config)['params'])
         self.params, meta = checkpoint.load_any_params(checkpoint_dir, abstract)
         self.params = jax.device_put(self.params)
         differences = model_differences(meta.get('model'), config.model.to_dict())
         if differences:
             warn(f'{checkpoint_dir} was made for another config.model ({"; ".join(differences)})')
-        names = list(label_names) if label_names else meta.get('label_names')
+        names = (list(label_names) if label_names else
+                 meta.get('label_names') or vtx_config.dataset_label_names(config))
         k = config.data.num_classes
         if names is not None and len(names) != k:
             raise VtxError(f'{len(names)} label names for config.data.num_classes={k} classes; '
@@ -103,27 +119,65 @@ class Predictor:
                            f'config.data.num_classes={k}')
         self.label_names = names
         self.aggregation = config.data.eval_aggregation
-        self._logits = jax.jit(lambda p, x: self.model.apply({'params': p}, x, train=False))
+        self._logits = steps.make_forward(self.model)
+        self._features = jax.jit(functools.partial(steps.eval_features, self.model))
+
+    @property
+    def class_names(self) -> Optional[List[str]]:
+        return self.label_names
 
     def logits(self, clips: np.ndarray) -> np.ndarray:
         """Per-clip logits [N, K] of clips [N, T, c, c, 3] (normalised as the config says)."""
         return np.asarray(self._logits(self.params, jnp.asarray(clips, jnp.float32)), np.float32)
 
-    def probabilities(self, views: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
-        """Class probabilities [B, K] of videos given as views [V, T, c, c, 3] each, run
-        `batch_size` videos at a time (a short batch is padded, so one shape compiles)."""
-        from vtx import train
+    apply = logits  # the raw model: prepared clips in, logits out
+
+    def predict(self, videos: Sequence, top_k: int = 5, batch_size: int = 0) -> List[Dict]:
+        """Top-k classes of each video (a file or uint8 frames [T, H, W, 3]) under the config's
+        test protocol, exactly as `vtx-predict`: [{'video', 'top_k': [{'class', 'score',
+        'label'}]}] in input order; a video that cannot be decoded gets {'video', 'error'}
+        instead and the others still run."""
+        results, failures = predict_videos(self, videos, top_k,
+                                           batch_size or self.config.train.eval_batch_size)
+        by_video = {id(r['video']): r for r in results + failures}
+        return [by_video[id(v)] for v in videos]
+
+    def embed(self, videos: Sequence, batch_size: int = 0) -> np.ndarray:
+        """One feature vector per video (a file or uint8 frames [T, H, W, 3]): the classifier's
+        input (`steps.eval_features`) averaged over the config's views, float32 [N, D]. A video
+        that cannot be decoded is an error naming it."""
+        batch_size = max(1, min(batch_size or self.config.train.eval_batch_size, len(videos)))
+        failures, out = [], []
+        for batch in decoded_batches(videos, self.config.data, batch_size, failures):
+            out.append(self.view_features([v for _, v in batch], batch_size))
+        if failures:
+            raise VtxError('; '.join(f['error'] for f in failures))
+        return np.concatenate(out)
+
+    def _batched(self, fn, views: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
+        """fn(params, clips) on videos given as views [V, T, c, c, 3] each, `batch_size` videos
+        a call (a short batch is padded, so one shape compiles) -> [B, V, ...]."""
         out = []
         for start in range(0, len(views), batch_size):
             chunk = np.stack(views[start:start + batch_size])
             real = len(chunk)
             chunk = np.pad(chunk, [(0, batch_size - real)] + [(0, 0)] * (chunk.ndim - 1))
             b, v = chunk.shape[:2]
-            logits = self.logits(chunk.reshape(b * v, *chunk.shape[2:])).reshape(b, v, -1)
-            scores = train.aggregate_views(logits[:real], self.aggregation)
-            out.append(np.asarray(scores if self.aggregation == 'probs'
-                                  else jax.nn.softmax(scores, -1)))
+            y = np.asarray(fn(self.params, jnp.asarray(chunk.reshape(b * v, *chunk.shape[2:]),
+                                                       jnp.float32)), np.float32)
+            out.append(y.reshape(b, v, *y.shape[1:])[:real])
         return np.concatenate(out)
+
+    def view_features(self, views: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
+        """Feature vectors [B, D] of videos given as views, averaged over the views."""
+        return self._batched(self._features, views, batch_size).mean(1)
+
+    def probabilities(self, views: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
+        """Class probabilities [B, K] of videos given as views [V, T, c, c, 3] each, the views'
+        logits aggregated as the config's test protocol says."""
+        scores = steps.aggregate_views(self._batched(self._logits, views, batch_size),
+                                       self.aggregation)
+        return np.asarray(scores if self.aggregation == 'probs' else jax.nn.softmax(scores, -1))
 
     def top_k(self, probs: np.ndarray, k: int) -> List[Dict]:
         order = np.argsort(-probs, kind='stable')[:k]
@@ -131,32 +185,53 @@ class Predictor:
                  **({'label': self.label_names[i]} if self.label_names else {})} for i in order]
 
 
-def predict_videos(predictor: Predictor, paths: Sequence[str], top_k: int = 5,
-                   batch_size: int = 8):
+def decoded_batches(videos: Sequence, data_config, batch_size: int, failures: List[Dict]):
+    """Batches of up to `batch_size` (video, views) pairs, in order, as the videos decode; a video
+    that cannot be decoded is appended to `failures` as {'video', 'error'} and skipped."""
+    from vtx.data import video_io
+    pending = []
+    for video in videos:
+        name = video if isinstance(video, str) else f'array {np.shape(video)}'
+        try:
+            pending.append((video, video_views(video, data_config)))
+        except video_io.DecodeError as e:
+            failures.append({'video': video, 'error': str(e)})
+        except VtxError as e:
+            failures.append({'video': video, 'error': f'{name}: {e}'})
+        except Exception as e:  # a decoder or codec failure skips this video, not the run
+            failures.append({'video': video, 'error': f'{name}: {type(e).__name__}: {e}'})
+        if len(pending) == batch_size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
+def predict_videos(predictor: Predictor, paths: Sequence, top_k: int = 5, batch_size: int = 8):
     """-> (results [{'video', 'top_k'}], failures [{'video', 'error'}]); decoding failures are
     collected, batches of `batch_size` decoded videos run as they fill."""
-    from vtx.data import video_io
     batch_size = max(1, min(batch_size, len(paths)))  # few videos: no padding to a full batch
-    results, failures, pending = [], [], []
-
-    def flush():
-        if pending:
-            probs = predictor.probabilities([v for _, v in pending], batch_size)
-            results.extend({'video': p, 'top_k': predictor.top_k(row, top_k)}
-                           for (p, _), row in zip(pending, probs))
-            pending.clear()
-
-    for path in paths:
-        try:
-            pending.append((path, video_views(path, predictor.config.data)))
-        except video_io.DecodeError as e:
-            failures.append({'video': path, 'error': str(e)})
-        except Exception as e:  # a decoder or codec failure skips this video, not the run
-            failures.append({'video': path, 'error': f'{path}: {type(e).__name__}: {e}'})
-        if len(pending) == batch_size:
-            flush()
-    flush()
+    results, failures = [], []
+    for batch in decoded_batches(paths, predictor.config.data, batch_size, failures):
+        probs = predictor.probabilities([v for _, v in batch], batch_size)
+        results.extend({'video': p, 'top_k': predictor.top_k(row, top_k)}
+                       for (p, _), row in zip(batch, probs))
     return results, failures
+
+
+def write_features(predictor: Predictor, paths: Sequence[str], out: str, batch_size: int):
+    """Writes the embeddings of the videos that decode to `out` (.npz: `features` [N, D],
+    `videos` [N]); returns the failures."""
+    batch_size = max(1, min(batch_size, len(paths)))
+    failures, names, features = [], [], []
+    for batch in decoded_batches(paths, predictor.config.data, batch_size, failures):
+        names += [p for p, _ in batch]
+        features.append(predictor.view_features([v for _, v in batch], batch_size))
+    if not features:
+        raise VtxError('no video could be decoded; nothing written')
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    np.savez(out, features=np.concatenate(features), videos=np.array(names))
+    return failures
 
 
 def _print_text(results, out=sys.stdout):
@@ -170,16 +245,20 @@ def _print_text(results, out=sys.stdout):
 def define_flags():
     """The command line's flags (defined only when run as a program, so importing this module
     leaves absl's global flags alone)."""
-    config_flags.DEFINE_config_file('config', None, 'A zoo config name or a config file.',
-                                    lock_config=True)
-    flags.DEFINE_string('checkpoint', None, 'Params checkpoint folder or training workdir.')
+    config_flags.DEFINE_config_file('config', None, 'A zoo config name or a config file '
+                                    '(default with --model: the zoo model\'s).', lock_config=True)
+    flags.DEFINE_string('model', None, 'A zoo model name (vtx-zoo list).')
+    flags.DEFINE_string('checkpoint', None, 'Params checkpoint folder or training workdir; with '
+                        '--model, the official checkpoint file of a model whose host needs a '
+                        'browser.')
     flags.DEFINE_string('labels', None, 'Class names, one per line in index order (default: '
                         'label_names stored in the checkpoint, if any).')
+    flags.DEFINE_string('features', None, 'Write the videos\' embeddings to this .npz instead '
+                        'of classifying them.')
     flags.DEFINE_integer('top_k', 5, 'How many classes to report per video.')
     flags.DEFINE_bool('json', False, 'Print one JSON document instead of text.')
     flags.DEFINE_integer('batch_size', 0, 'Videos per model call (each has clips x crops '
                          'views); 0: config.train.eval_batch_size.')
-    flags.mark_flags_as_required(['config', 'checkpoint'])
 
 
 def main(argv):
@@ -188,17 +267,29 @@ def main(argv):
     videos = argv[1:]
     if not videos:
         raise app.UsageError('give one or more video files to classify')
+    if not FLAGS.model and not (FLAGS.config and FLAGS.checkpoint):
+        raise app.UsageError('give --model NAME, or --config and --checkpoint')
     config = FLAGS.config
     try:
         labels = read_label_names(FLAGS.labels) if FLAGS.labels else None
-        predictor = Predictor(config, FLAGS.checkpoint, labels)
-        batch_size = FLAGS.batch_size or config.train.eval_batch_size
-        results, failures = predict_videos(predictor, videos, FLAGS.top_k, batch_size)
+        if FLAGS.model:
+            from vtx import pretrained
+            predictor = pretrained.load(FLAGS.model, config=config, checkpoint=FLAGS.checkpoint,
+                                        label_names=labels)
+        else:
+            predictor = Predictor(vtx_config.prepare(config), FLAGS.checkpoint, labels)
+        batch_size = FLAGS.batch_size or predictor.config.train.eval_batch_size
+        if FLAGS.features:
+            failures = write_features(predictor, videos, FLAGS.features, batch_size)
+        else:
+            results, failures = predict_videos(predictor, videos, FLAGS.top_k, batch_size)
     except VtxError as e:
         cli.fail(e)
     for f in failures:
         print(f"vtx-predict: skipped: {f['error']}", file=sys.stderr)
-    if FLAGS.json:
+    if FLAGS.features:
+        print(f'wrote {FLAGS.features}')
+    elif FLAGS.json:
         print(json.dumps({'predictions': results, 'failed': failures}, indent=1))
     else:
         _print_text(results)

@@ -2,9 +2,9 @@
 
 `python -m vtx.report --config configs/X.py [--batch N] [--json] [--config.a.b=v ...]`
 
-Nothing is materialised: the model, the train state and the batch are abstract shapes
-(`jax.eval_shape`), and the numbers come from lowering and compiling the very functions that
-train (`vtx.train.train_step`) and serve (`model.apply`):
+Nothing is materialised: the model, the train state and the batch are abstract shapes, and the
+numbers come from lowering and compiling the jitted functions that `vtx.steps.build` makes for
+the trainer (`train_step`) and for serving (`forward`), on one device for the whole batch:
 - `xla_flops`: the compiled executable's cost analysis. XLA counts 2 FLOPs per multiply-add
   and 1 per elementwise op (softmax, norms, GELU, adds), so it is above 2 x MACs.
 - `macs`: multiply-accumulates of every matmul and convolution (`dot_general`,
@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 
 from vtx import config as vtx_config
-from vtx import sharding, train
+from vtx import sharding, steps
 from vtx.errors import VtxError
-from vtx.models import IMPLEMENTATION_FIELDS, build_model
+from vtx.models import IMPLEMENTATION_FIELDS
 
 MODES = ('forward', 'train')
 
@@ -102,35 +102,26 @@ def _map_weights(eqn, sub, weight_vars, offset=0):
 
 
 def _abstract_batch(config, batch: int):
-    return {'image': jax.ShapeDtypeStruct(train.input_shape(config, batch), jnp.float32),
+    return {'image': jax.ShapeDtypeStruct(steps.input_shape(config, batch), jnp.float32),
             'label': jax.ShapeDtypeStruct((batch,), jnp.int32)}
 
 
-def abstract_setup(config):
-    """(model, abstract TrainState, tx, schedule) built by `train.create_train_state` under
-    `jax.eval_shape`, so that even the largest model costs no memory."""
+def build_steps(config, devices=None) -> steps.Steps:
+    """`vtx.steps.build` of `config` on a mesh of `devices` (default: all, as training), with one
+    micro-batch per step: the report and the benchmark cost one step of the batch they are given.
+    Only shapes are traced; the state is abstract (`abstract_state`) until `init_state` runs."""
     config = copy.deepcopy(config)
-    config.train.grad_accum_steps = 1  # the report is per step of the given batch
-    model = build_model(config.model)
-    mesh = sharding.make_mesh(config.mesh)
-    made = {}
-
-    def create():
-        state, _, made['tx'], made['schedule'] = train.create_train_state(config, model, mesh)
-        return state
-
-    state = jax.eval_shape(create)
-    return config, model, state, made['tx'], made['schedule']
+    config.train.grad_accum_steps = 1
+    mesh = sharding.make_mesh(config.mesh, devices)
+    return steps.build(config, mesh)
 
 
-def step_function(config, model, tx, schedule, mode: str):
-    """The jitted function benchmarked/reported for `mode`, taking (state, batch)."""
+def step_call(built: steps.Steps, mode: str, state, batch):
+    """(the jitted function of `built` that runs `mode`, its arguments for `state` and `batch`)."""
     if mode == 'forward':
-        return jax.jit(lambda state, batch: model.apply({'params': state.params}, batch['image'],
-                                                        train=False))
+        return built.forward, (state.params, batch['image'])
     if mode == 'train':
-        return jax.jit(lambda state, batch: train.train_step(
-            state, batch, model=model, tx=tx, schedule=schedule, config=config), donate_argnums=(0,))
+        return built.train_step, (state, batch)
     raise VtxError(f'mode {mode!r}: use one of {MODES}')
 
 
@@ -142,39 +133,43 @@ def peak_memory_bytes(compiled) -> int | None:
                + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
 
 
-def traced_macs(fn, state, batch) -> dict:
-    """`count_macs` of the jitted `fn(state, batch)`, with the state's params as the weights."""
-    closed = jax.make_jaxpr(fn)(state, batch)
+def traced_macs(fn, args, params) -> dict:
+    """`count_macs` of the jitted `fn(*args)`, with the leaves of `params` (within `args`) as the
+    weights."""
+    closed = jax.make_jaxpr(fn)(*args)
     # make_jaxpr of a jit is one pjit equation: count inside it, where the inputs are the
-    # flattened (state, batch) leaves and the parameters are known by identity.
+    # flattened `args` leaves and the parameters are known by identity.
     inner = closed.jaxpr.eqns[0].params['jaxpr'].jaxpr if len(closed.jaxpr.eqns) == 1 else closed.jaxpr
-    param_ids = {id(p) for p in jax.tree.leaves(state.params)}
-    weight_vars = {v for v, leaf in zip(inner.invars, jax.tree.leaves((state, batch)))
+    param_ids = {id(p) for p in jax.tree.leaves(params)}
+    weight_vars = {v for v, leaf in zip(inner.invars, jax.tree.leaves(args))
                    if id(leaf) in param_ids}
     return count_macs(inner, weight_vars)
 
 
 def model_macs(config, batch: int, mode: str) -> int:
-    """MACs of one `mode` step with every fast path at its reference: the model's work, for MFU."""
+    """MACs of one `mode` step with every fast path at its reference: the model's work, for MFU.
+    They are counted on the traced program, which is the same on any mesh: one device is used."""
     config = copy.deepcopy(config)
     for field, value in IMPLEMENTATION_FIELDS.items():
         if field in config.model:
             config.model[field] = value
-    config, model, state, tx, schedule = abstract_setup(config)
-    fn = step_function(config, model, tx, schedule, mode)
-    return traced_macs(fn, state, _abstract_batch(config, batch))['macs']
+    built = build_steps(config, jax.devices()[:1])
+    state = built.abstract_state
+    fn, args = step_call(built, mode, state, _abstract_batch(built.config, batch))
+    return traced_macs(fn, args, state.params)['macs']
 
 
-def step_costs(fn, state, batch, mode: str, compile: bool = True):
-    """(compiled `fn`, its costs for one call on `batch`) where state/batch may be abstract.
+def step_costs(fn, args, params, mode: str, compile: bool = True):
+    """(compiled `fn`, its costs for one call `fn(*args)`) where `args` may be abstract and
+    `params` are the weights among them.
 
     compile=False skips XLA's optimisation passes (seconds instead of up to a minute for a big
     train step on CPU): the FLOPs then come from the unoptimised HLO (within ~0.5% of the
     compiled count) and there is no memory analysis (None, None for the executable).
     """
-    macs = traced_macs(fn, state, batch)
+    macs = traced_macs(fn, args, params)
     start = time.perf_counter()
-    lowered = fn.lower(state, batch)
+    lowered = fn.lower(*args)
     lowered_at = time.perf_counter()
     compiled = lowered.compile() if compile else None
     compiled_at = time.perf_counter()
@@ -196,18 +191,18 @@ def analyse(config, batch: int = 1, modes=MODES, compile_modes=MODES) -> dict:
 
     Modes not in `compile_modes` are costed on the unoptimised HLO (see `step_costs`).
     """
-    config, model, state, tx, schedule = abstract_setup(config)
+    built = build_steps(config, jax.devices()[:1])
+    config, state = built.config, built.abstract_state
     d = config.data
     out = {'model': config.model.name, 'dtype': str(config.model.get('dtype', 'float32')),
-           'input_shape_per_view': list(train.input_shape(config, 1)), 'batch': batch,
+           'input_shape_per_view': list(steps.input_shape(config, 1)), 'batch': batch,
            'params': int(sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))),
            'backend': jax.default_backend(),
            'views_per_video': d.eval_num_clips * d.eval_num_crops}
     per_batch = ('peak_memory_bytes', 'compiled', 'lower_s', 'xla_compile_s')
     for mode in modes:
-        fn = step_function(config, model, tx, schedule, mode)
-        _, costs = step_costs(fn, state, _abstract_batch(config, batch), mode,
-                              compile=mode in compile_modes)
+        fn, args = step_call(built, mode, state, _abstract_batch(config, batch))
+        _, costs = step_costs(fn, args, state.params, mode, compile=mode in compile_modes)
         costs['compiled'] = mode in compile_modes
         out[mode] = {(k if k in per_batch else k + '_per_view'): (v if k in per_batch else v / batch)
                      for k, v in costs.items()}
@@ -252,7 +247,7 @@ def parse_overrides(argv):
 def main(argv=None):
     import argparse
     overrides, rest = parse_overrides(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog='python -m vtx.report', description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog='vtx-report', description=__doc__.split('\n')[0])
     parser.add_argument('--config', required=True, help='a config file (configs/X.py)')
     parser.add_argument('--batch', type=int, default=1, help='batch size for the memory analysis')
     parser.add_argument('--mode', choices=MODES, action='append', help='default: both')

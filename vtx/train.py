@@ -1,169 +1,30 @@
-"""Training and evaluation loop: create_train_state, train_step, eval_step, train_and_evaluate.
+"""Training and evaluation loop: train_and_evaluate.
 
-One code path from a laptop CPU to a TPU pod: parameters and optimizer state are placed by the
-sharding rules in `vtx.sharding`, the batch is sharded over the mesh's 'data' axis, and both steps
-are `jax.jit` with explicit in/out shardings. Everything random (init, dropout, data order,
-augmentation) is a pure function of `config.seed` and the step, so a resumed run continues
-bit for bit where the interrupted one stopped.
+One code path from a laptop CPU to a TPU pod: the model, the sharded train state and the jitted
+train/eval steps come from `vtx.steps.build` (the very functions the report lowers and the
+benchmark times). Everything random (init, dropout, data order, augmentation) is a pure function
+of `config.seed` and the step, so a resumed run continues bit for bit where the interrupted one
+stopped.
 """
-import inspect
 import json
 import os
 import signal
 import time
-from typing import Any
 
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from vtx import checkpoint, optim, sharding
+from vtx import optim, sharding, steps
+from vtx import config as vtx_config
 from vtx.errors import VtxError
 from vtx.metrics import MetricWriter
-from vtx.models import build_model
-
-
-class TrainState(flax.struct.PyTreeNode):
-    step: jax.Array
-    params: Any
-    opt_state: Any
 
 
 class NonFiniteLossError(VtxError):
     pass
-
-
-def input_shape(config, batch: int = 1):
-    d = config.data
-    return (batch, d.num_frames, d.crop_size, d.crop_size, 3)
-
-
-def abstract_variables(model, config):
-    """Boxed (logically partitioned) shapes of the model's variables, without allocating them."""
-    dummy = jnp.zeros(input_shape(config), jnp.float32)
-    return jax.eval_shape(lambda rng: model.init(rng, dummy, train=False), jax.random.PRNGKey(0))
-
-
-def create_train_state(config, model, mesh):
-    """Returns (state, state_shardings, tx, schedule); the state is initialised directly sharded."""
-    boxed = abstract_variables(model, config)['params']
-    params_sharding = sharding.param_shardings(boxed, mesh, config.mesh)
-    abstract_params = nn.meta.unbox(boxed)
-    tx, schedule = optim.make_optimizer(config, abstract_params)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    opt_sharding = optax.tree_map_params(
-        tx, lambda _, s: s, abstract_opt, params_sharding,
-        transform_non_params=lambda _: sharding.replicated(mesh))
-    state_sharding = TrainState(step=sharding.replicated(mesh), params=params_sharding,
-                                opt_state=opt_sharding)
-
-    def init(rng):
-        dummy = jnp.zeros(input_shape(config), jnp.float32)
-        params = nn.meta.unbox(model.init(rng, dummy, train=False)['params'])
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-    init = jax.jit(init, out_shardings=state_sharding)
-    state = init(jax.random.PRNGKey(config.seed))
-    return state, state_sharding, tx, schedule
-
-
-def cross_entropy(logits, labels, label_smoothing: float):
-    """Mean softmax cross-entropy; labels are class ids [B] or (mixed) target distributions [B, K]."""
-    num_classes = logits.shape[-1]
-    targets = labels if labels.ndim == 2 else jax.nn.one_hot(labels, num_classes)
-    if label_smoothing > 0:
-        targets = targets * (1 - label_smoothing) + label_smoothing / num_classes
-    return optax.softmax_cross_entropy(logits, targets)
-
-
-def topk_correct(scores, labels, k: int):
-    labels = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
-    k = min(k, scores.shape[-1])
-    top = jax.lax.top_k(scores, k)[1]
-    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
-
-
-def train_step(state: TrainState, batch, *, model, tx, schedule, config):
-    """One optimizer step on the global batch, split into `grad_accum_steps` micro-batches."""
-    accum = config.train.grad_accum_steps
-    base_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
-    extra = {}
-    if 'train_progress' in inspect.signature(type(model).__call__).parameters:
-        # STTS: the differentiable top-k's noise decays linearly over training.
-        extra['train_progress'] = state.step / optim.total_steps(config)
-    mixing = config.data.mixup_alpha > 0 or config.data.cutmix_alpha > 0
-    if mixing:
-        from vtx.data.mixing import mixup_cutmix  # here: importing vtx.data loads TF
-
-    def loss_fn(params, micro, rng):
-        mix_rng, dropout_rng = jax.random.split(rng)
-        images, labels = micro['image'], micro['label']
-        if mixing:
-            labels = labels if labels.ndim == 2 else jax.nn.one_hot(labels, config.data.num_classes)
-            images, labels = mixup_cutmix(mix_rng, images, labels, config.data.mixup_alpha,
-                                          config.data.cutmix_alpha)
-        logits = model.apply({'params': params}, images, train=True, rngs={'dropout': dropout_rng},
-                             **extra)
-        loss = cross_entropy(logits, labels, config.train.label_smoothing).mean()
-        return loss, logits
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    if accum == 1:
-        (loss, logits), grads = grad_fn(state.params, batch, base_rng)
-        labels = batch['label']
-    else:
-        # Micro-batch j takes rows j, j+accum, ...: a reshape that keeps each device's rows local.
-        micro_batches = jax.tree.map(
-            lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), batch)
-
-        def accumulate(carry, xs):
-            micro, j = xs
-            (loss, logits), grads = grad_fn(state.params, micro, jax.random.fold_in(base_rng, j))
-            return jax.tree.map(jnp.add, carry, grads), (loss, logits)
-
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        grads, (losses, logits) = jax.lax.scan(accumulate, zeros, (micro_batches, jnp.arange(accum)))
-        grads = jax.tree.map(lambda g: g / accum, grads)
-        loss = losses.mean()
-        logits = logits.reshape(-1, logits.shape[-1])
-        labels = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), micro_batches['label'])
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {'loss': loss, 'top1': topk_correct(logits, labels, 1).mean(),
-               'top5': topk_correct(logits, labels, 5).mean(), 'lr': schedule(state.step),
-               'grad_norm': optax.tree.norm(grads)}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-
-def aggregate_views(logits, aggregation: str):
-    """Per-view logits [B, V, K] -> per-video scores [B, K]: the mean of the views' logits
-    ('logits') or of their softmax ('probs'), as the config's test protocol says."""
-    logits = logits.astype(jnp.float32)
-    if aggregation == 'probs':
-        return jax.nn.softmax(logits, -1).mean(1)
-    if aggregation == 'logits':
-        return logits.mean(1)
-    raise VtxError(f"config.data.eval_aggregation={aggregation!r}: expected 'logits' or 'probs'")
-
-
-def eval_step(params, batch, *, model, config):
-    """Sums over the (masked) batch of per-video loss and top-1/top-5 after multi-view aggregation."""
-    images = batch['image']  # [B, V, T, H, W, 3]
-    b, v = images.shape[:2]
-    logits = model.apply({'params': params}, images.reshape(b * v, *images.shape[2:]), train=False)
-    scores = aggregate_views(logits.reshape(b, v, -1), config.data.eval_aggregation)
-    if config.data.eval_aggregation == 'probs':
-        loss = -jnp.log(jnp.take_along_axis(scores, batch['label'][:, None], -1)[:, 0] + 1e-12)
-    else:
-        loss = cross_entropy(scores, batch['label'], 0.0)
-    mask = batch['mask'].astype(jnp.float32)
-    return {'loss': (loss * mask).sum(), 'top1': (topk_correct(scores, batch['label'], 1) * mask).sum(),
-            'top5': (topk_correct(scores, batch['label'], 5) * mask).sum(), 'count': mask.sum()}
 
 
 def _global_batch(local, mesh):
@@ -193,9 +54,10 @@ def train_batches(config, start_step: int):
         yield jax.tree.map(lambda *xs: np.concatenate(xs), *parts) if per_process > 1 else parts[0]
 
 
-def evaluate(params, eval_fn, config, mesh) -> dict:
+def evaluate(params, built: steps.Steps) -> dict:
     """One pass over the eval set; every video counted once, also when hosts hold unequal shares."""
     from vtx.data import pipeline
+    config = built.config
     batches = pipeline.eval_batches(config.data, global_batch_size=config.train.eval_batch_size,
                                     process_index=jax.process_index(),
                                     process_count=jax.process_count())
@@ -214,7 +76,7 @@ def evaluate(params, eval_fn, config, mesh) -> dict:
                 raise VtxError(f'process {jax.process_index()} got no eval data from '
                                f'config.data.eval_shards={config.data.eval_shards!r}')
             local = jax.tree.map(np.zeros_like, template)
-        sums = eval_fn(params, _global_batch(local, mesh))
+        sums = built.eval_step(params, _global_batch(local, built.mesh))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if totals is None:
         raise VtxError(f'the eval set config.data.eval_shards={config.data.eval_shards!r} is empty')
@@ -260,21 +122,15 @@ def _check_workdir_model(workdir, config):
         os.replace(path + '.tmp', path)  # other processes see all of it or nothing
 
 
-def _initial_params(config, model, state, state_sharding):
-    if not config.init_from:
+def _initial_state(built: steps.Steps):
+    """The state a new run starts from: initialised, with config.init_from's params if set."""
+    state = built.init_state()
+    if not built.config.init_from:
         return state
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            state.params, state_sharding.params)
-    path = config.init_from
-    if os.path.isdir(path):
-        params, _ = checkpoint.load_params(path, abstract)
-    elif os.path.isfile(path):
-        import vtx.convert  # only for official/ImageNet files; torch is imported there when needed
-        params = vtx.convert.import_pretrained(path, config.model, abstract)
-        params = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x), s), params,
-                              state_sharding.params)
-    else:
-        raise VtxError(f'config.init_from={path!r} does not exist')
+    from vtx import finetune
+    params = finetune.initial_params(built.config, built.model, built.abstract_state.params)
+    params = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x), s), params,
+                          built.state_sharding.params)
     return state.replace(params=params)
 
 
@@ -284,19 +140,11 @@ def train_and_evaluate(config, workdir: str, mode: str = 'train_and_eval'):
     mode: 'train_and_eval', 'train' or 'eval' (evaluate the newest checkpoint, or init_from).
     Returns the final eval metrics (or None when mode is 'train').
     """
+    vtx_config.prepare(config)
     workdir = os.path.abspath(workdir)
     parent = os.path.dirname(workdir)
     if not os.path.isdir(parent):
         raise VtxError(f'--workdir {workdir}: its parent folder {parent} does not exist')
-    model = build_model(config.model)  # an unknown model or field fails before any work
-    os.makedirs(workdir, exist_ok=True)
-    _check_workdir_model(workdir, config)
-    if config.data.synthetic and jax.process_index() == 0:
-        from vtx.data import synthetic
-        synthetic.ensure(config.data)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices('vtx: data ready')
-
     mesh = sharding.make_mesh(config.mesh)
     data_devices = mesh.shape['data']
     for field, size in (('batch_size', config.train.batch_size // config.train.grad_accum_steps),
@@ -304,39 +152,35 @@ def train_and_evaluate(config, workdir: str, mode: str = 'train_and_eval'):
         if size % data_devices:
             raise VtxError(f'config.train.{field} (per accumulation step: {size}) must be a multiple '
                            f"of the mesh's data axis ({data_devices} devices)")
+    built = steps.build(config, mesh)  # an unknown model or field fails before anything is written
+    os.makedirs(workdir, exist_ok=True)
+    _check_workdir_model(workdir, config)
+    if config.data.synthetic and jax.process_index() == 0:
+        from vtx.data import synthetic
+        synthetic.ensure(config.data)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices('vtx: data ready')
     num_steps = optim.total_steps(config)
-    state, state_sharding, tx, schedule = create_train_state(config, model, mesh)
 
     ckpt_dir = os.path.join(workdir, 'checkpoints')
     manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
         max_to_keep=config.train.keep_checkpoints, create=True))
     latest = manager.latest_step()
     if latest is not None:
-        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                state, state_sharding)
         try:
-            state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+            state = manager.restore(latest, args=ocp.args.StandardRestore(built.abstract_state))
         except (ValueError, KeyError) as e:
             raise VtxError(f'checkpoint {ckpt_dir}/{latest} does not fit this config ({e}); use '
                            'a new --workdir') from None
     else:
-        state = _initial_params(config, model, state, state_sharding)
+        state = _initial_state(built)
     start_step = int(jax.device_get(state.step))
-
-    batch_sharding = sharding.batch_sharding(mesh, 1)  # a prefix: every batch leaf split on dim 0
-    train_fn = jax.jit(
-        lambda s, b: train_step(s, b, model=model, tx=tx, schedule=schedule, config=config),
-        in_shardings=(state_sharding, batch_sharding),
-        out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
-    eval_fn = jax.jit(lambda p, b: eval_step(p, b, model=model, config=config),
-                      in_shardings=(state_sharding.params, batch_sharding),
-                      out_shardings=sharding.replicated(mesh))
 
     writer = MetricWriter(workdir, num_steps, start_step)
     if mode == 'eval':
         if latest is None and not config.init_from:
             raise VtxError(f'--mode=eval: {ckpt_dir} has no checkpoint and config.init_from is empty')
-        metrics = evaluate(state.params, eval_fn, config, mesh)
+        metrics = evaluate(state.params, built)
         writer.write(start_step, 'eval', metrics)
         writer.close()
         return metrics
@@ -369,7 +213,7 @@ def train_and_evaluate(config, workdir: str, mode: str = 'train_and_eval'):
         pending, last_log_step, timer = [], step, (now, step)
 
     for step in range(start_step + 1, num_steps + 1):
-        state, metrics = train_fn(state, _global_batch(next(batches), mesh))
+        state, metrics = built.train_step(state, _global_batch(next(batches), mesh))
         pending.append(metrics)
         writer.advance(1)
         if timer is None:  # the first step compiles: time from its end
@@ -389,12 +233,12 @@ def train_and_evaluate(config, workdir: str, mode: str = 'train_and_eval'):
             return None
         if (mode == 'train_and_eval' and config.train.eval_every_steps
                 and step % config.train.eval_every_steps == 0 and step != num_steps):
-            writer.write(step, 'eval', evaluate(state.params, eval_fn, config, mesh))
+            writer.write(step, 'eval', evaluate(state.params, built))
             timer = None
     manager.wait_until_finished()
     metrics = None
     if mode == 'train_and_eval':
-        metrics = evaluate(state.params, eval_fn, config, mesh)
+        metrics = evaluate(state.params, built)
         writer.write(num_steps, 'eval', metrics)
     writer.close()
     return metrics

@@ -5,6 +5,7 @@
     vtx-convert --family xvit --checkpoint xvit_b16_16_k600.pth --out DIR
 
 (also `python -m vtx.convert`).
+
 The model is `config.model` of a vtx config (input shape from `config.data`), or the one the
 official config recorded in a parity manifest / `parity/full/*.json` describes, or, for checkpoints
 that carry their official config (SlowFast `cfg`), the one that config describes. The result loads
@@ -23,7 +24,9 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    flags.DEFINE_string('family', None, 'Official family of the checkpoint (vtx/convert/families.py).')
+    from vtx import families as registry
+    flags.DEFINE_string('family', None, 'Official family of the checkpoint, one of '
+                        f'{", ".join(registry.official_tags())} (vtx/families.py).')
     flags.DEFINE_string('checkpoint', None, 'Official checkpoint file (.pth/.pyth/.npz).')
     flags.DEFINE_string('out', None, 'New folder for the vtx params checkpoint.')
     flags.DEFINE_string('official_config', None,

@@ -1,6 +1,8 @@
-"""Which converter module handles which official family, and the one conversion entry point.
+"""Official family tags -> converters, and the one conversion entry point.
 
-A converter module (`convert/<family>.py`) provides:
+A tag is a parity manifest's `family` (also `vtx-convert --family`); the families answering each
+tag, and their converter modules, are registered in `vtx.families`. A converter module
+(`vtx/convert/<x>.py`) provides:
   - `model_config_from_manifest(manifest: dict) -> dict`: the vtx `config.model` (with `name`) for
     the official config a parity manifest (or a `parity/full/*.json`) records;
   - `table(model_config) -> engine.ConversionTable`, or, where a table is not enough,
@@ -8,38 +10,59 @@ A converter module (`convert/<family>.py`) provides:
   - optionally `example_input_shape(model_config) -> (1, T, S, S, 3)` (lets the CLI run without a
     vtx config) and `model_config_from_checkpoint(extras) -> dict | None` (for checkpoints that
     carry their official config, e.g. SlowFast's YAML `cfg`).
-Keys are the `family` field of the parity manifests; several families may share a module.
 """
-import importlib
+import functools
 
+from vtx import families as registry
 from vtx.convert import engine
-
-CONVERTERS = {
-    'tokshift': 'vtx.convert.tokshift',     # TokShift and its plain video-ViT baseline
-    'vit': 'vtx.convert.tokshift',
-    'xvit': 'vtx.convert.xvit',
-    'video_swin': 'vtx.convert.video_swin',
-    'tps': 'vtx.convert.tps',
-    'stts': 'vtx.convert.stts',             # STTS on MViT and on Video Swin
-    'mvit': 'vtx.convert.stts',
-}
 
 
 class NoConverterError(LookupError):
     pass
 
 
-def converter(family: str):
-    if family not in CONVERTERS:
-        raise NoConverterError(f'no converter is registered for family {family!r}; known: '
-                               f'{sorted(CONVERTERS)} (convert/families.py)')
-    try:
-        return importlib.import_module(CONVERTERS[family])
-    except ModuleNotFoundError as e:
-        if e.name != CONVERTERS[family]:
-            raise
-        raise NoConverterError(f'family {family!r}: converter module {CONVERTERS[family]} does not '
-                               'exist yet') from e
+class SharedTag:
+    """The converter of a tag several families answer to (STTS releases its MViT and its Video
+    Swin models under 'stts'): a manifest goes to the family whose official config it records, a
+    model config to the family it names."""
+
+    def __init__(self, tag: str, families):
+        self.tag, self.families = tag, families
+
+    def _recording(self, manifest: dict):
+        for family in self.families:
+            if family.records_official_config is None or family.records_official_config(manifest):
+                return family.converter_module()
+        raise NoConverterError(f'no family of official family {self.tag!r} '
+                               f'({[f.name for f in self.families]}) recognises the manifest\'s '
+                               'official config')
+
+    def _named(self, model_config):
+        name = dict(model_config)['name']
+        for family in self.families:
+            if family.name == name:
+                return family.converter_module()
+        raise NoConverterError(f'official family {self.tag!r} converts model names '
+                               f'{[f.name for f in self.families]}, not {name!r}')
+
+    def model_config_from_manifest(self, manifest: dict) -> dict:
+        return self._recording(manifest).model_config_from_manifest(manifest)
+
+    def table(self, model_config):
+        return self._named(model_config).table(model_config)
+
+    def example_input_shape(self, model_config) -> tuple:
+        return self._named(model_config).example_input_shape(model_config)
+
+
+# One object per tag, so that what is patched on a converter is what every caller sees.
+@functools.cache
+def converter(tag: str):
+    answering = tuple(f for f in registry.FAMILIES.values() if tag in f.official_tags)
+    if not answering:
+        raise NoConverterError(f'no converter is registered for family {tag!r}; known: '
+                               f'{list(registry.official_tags())} (vtx/families.py)')
+    return answering[0].converter_module() if len(answering) == 1 else SharedTag(tag, answering)
 
 
 def convert_checkpoint(family: str, path: str, model_config, abstract_params, log=print):

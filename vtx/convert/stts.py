@@ -1,48 +1,16 @@
-"""The 'stts' (and 'mvit') converter family: STTS ships two independent backbones.
+"""STTS fine-tuning from a video backbone checkpoint without the STTS scorers (a plain MViT-B
+`.pyth`, a Kinetics Video Swin `.pth`), as the official loaders do it.
 
-MViT (SlowFast cfg: `config.resolved_MVIT` in a parity case, `official_config.merged_cfg.MVIT` in a
-`parity/full` entry) goes to `convert.mvit`; Video Swin (mmaction `backbone`/`cls_head` config) to
-`convert.stts_video_swin`. `import_backbone` starts STTS fine-tuning from a checkpoint without
-scorers (plain MViT-B, Kinetics Video Swin), as the official loaders do.
+The STTS models themselves convert with their backbone's converter (`vtx.convert.mvit`,
+`vtx.convert.stts_video_swin`); the official tag 'stts' they share is resolved in
+`vtx.convert.families`.
 """
 import dataclasses
-import importlib
 
 import numpy as np
 
+from vtx import families
 from vtx.convert import engine
-
-
-def _is_mvit(manifest: dict) -> bool:
-    if 'official_config' in manifest:
-        return 'MVIT' in manifest['official_config'].get('merged_cfg', {})
-    return 'resolved_MVIT' in manifest['config']
-
-
-def _module(backbone: str):
-    return importlib.import_module({'mvit': 'vtx.convert.mvit',
-                                    'stts_video_swin': 'vtx.convert.stts_video_swin'}[backbone])
-
-
-def model_config_from_manifest(manifest: dict) -> dict:
-    return _module('mvit' if _is_mvit(manifest) else 'stts_video_swin').model_config_from_manifest(
-        manifest)
-
-
-def _backbone(model_config):
-    name = dict(model_config)['name']
-    if name not in ('mvit', 'stts_video_swin'):
-        raise ValueError(f"STTS converter: model name {name!r} is neither 'mvit' nor "
-                         "'stts_video_swin'")
-    return _module(name)
-
-
-def table(model_config):
-    return _backbone(model_config).table(model_config)
-
-
-def example_input_shape(model_config) -> tuple:
-    return _backbone(model_config).example_input_shape(model_config)
 
 
 def _xavier_uniform(shape, dtype):
@@ -61,5 +29,14 @@ SCORER_INIT = ((r'(time|space)_selection/.*/kernel', _xavier_uniform, _ABSENT),
 def import_backbone(path: str, model_config, abstract_params, log=print):
     """Params of an STTS model from an official checkpoint that may lack the scorers (a plain
     MViT-B `.pyth`, a Kinetics Video Swin `.pth`); every backbone and head tensor must map."""
-    rules = dataclasses.replace(table(model_config), fill=SCORER_INIT)
+    backbone = families.family(dict(model_config)['name']).converter_module()
+    rules = dataclasses.replace(backbone.table(model_config), fill=SCORER_INIT)
     return engine.convert(engine.load_checkpoint(path), rules, abstract_params, log=log)
+
+
+def is_video_swin_checkpoint(path: str) -> bool:
+    """A 3D (video) Swin: its patch embedding kernel is [C, 3, T, H, W]; a 2D ImageNet Swin's is
+    [C, 3, H, W]."""
+    kernel = next((v for k, v in engine.load_checkpoint(path).items()
+                   if k.endswith('patch_embed.proj.weight')), None)
+    return kernel is not None and kernel.ndim == 5

@@ -5,7 +5,7 @@ The CSV has a header with `video_path` and optionally `label` (a class name), `s
 `--label_map` fixes the map (use the same one for train and test); the map is saved next to the
 shards as `<name>_label_map.json`.
 
-    python -m data.build_from_csv --csv train.csv --video_root /videos --output_dir /shards
+    vtx-shards-from-csv --csv train.csv --video_root /videos --output_dir /shards
 """
 import argparse
 import csv
@@ -34,7 +34,7 @@ def read_rows(csv_path: str, video_root: str, label_map_file: str = ''):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog='vtx-shards-from-csv', description=__doc__.split('\n')[0])
     parser.add_argument('--csv', required=True)
     parser.add_argument('--video_root', default='', help='prefix for the CSV video paths')
     parser.add_argument('--label_map', default='',

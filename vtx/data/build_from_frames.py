@@ -4,7 +4,7 @@ Each list line is `video_folder num_frames label` (TokShift's and TSM's format) 
 `video_folder label`; the label is an integer index. Label names come from `--class_names` (one
 per line, in index order) or else from the folder above each video (`class/video`).
 
-    python -m data.build_from_frames --list train.txt --frames_root /frames --output_dir /shards
+    vtx-shards-from-frames --list train.txt --frames_root /frames --output_dir /shards
 """
 import argparse
 import os
@@ -32,7 +32,7 @@ def read_rows(list_path: str, frames_root: str, names=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog='vtx-shards-from-frames', description=__doc__.split('\n')[0])
     parser.add_argument('--list', required=True)
     parser.add_argument('--frames_root', default='')
     parser.add_argument('--class_names', default='')

@@ -1,6 +1,6 @@
 """Shards from a SlowFast / XViT-style list: one `path label` line per video (integer label).
 
-    python -m data.build_from_list --list val.csv --video_root /kinetics --output_dir /shards \
+    vtx-shards-from-list --list val.csv --video_root /kinetics --output_dir /shards \
         --class_names classes.txt
 """
 import argparse
@@ -27,7 +27,7 @@ def read_rows(list_path: str, video_root: str, names=None, separator=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog='vtx-shards-from-list', description=__doc__.split('\n')[0])
     parser.add_argument('--list', required=True)
     parser.add_argument('--video_root', default='', help="SlowFast's PATH_PREFIX")
     parser.add_argument('--separator', default=None,

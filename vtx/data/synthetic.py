@@ -15,14 +15,16 @@ training. (A target as wide as a patch, or a step of half a patch, looks the sam
 Suggested data settings: num_classes=4, min_resize=crop_size=frame size, train_scale_range=(size,
 size), random_flip=False (a left-right flip turns 'left' into 'right').
 
-    python -m data.synthetic --out /tmp/motion            # train-0000i-of-00004, eval-...
+    vtx-demo-data --out /tmp/motion                       # train-0000i-of-00004, eval-...
 Videos are a function of (seed, split, index) only, so any sharding gives the same data.
 """
 import argparse
 import dataclasses
+import glob
 import json
 import os
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -158,15 +160,32 @@ def ensure(data_config) -> None:
         made_with = json.dumps({'spec': dataclasses.asdict(spec), 'seed': seed, 'count': count},
                                sort_keys=True)
         record = os.path.join(folder, f'{prefix}.motion.json')
-        if tf.io.gfile.glob(pattern):
-            if os.path.exists(record) and open(record).read() != made_with:
+        # Present from the first shard written until the record is: a set that has it was
+        # interrupted and is made again, never used half-made.
+        generating = record + '.generating'
+        if os.path.exists(generating):
+            print(f'vtx: the synthetic {split} set in {folder} was interrupted while being '
+                  'generated; generating it again', file=sys.stderr)
+            for stale in glob.glob(os.path.join(glob.escape(folder), f'{glob.escape(prefix)}-*-of-*')):
+                os.remove(stale)
+        elif tf.io.gfile.glob(pattern):
+            if not os.path.exists(record):
+                raise VtxError(f'{pattern} matches shards that the synthetic generator did not '
+                               f'finish ({record} is missing); delete them or set '
+                               f'config.data.{field} to a new folder')
+            if open(record).read() != made_with:
                 raise VtxError(f'the shards {pattern} were generated with other synthetic settings '
                                f'({record}); delete them or set config.data.{field} to a new folder')
             continue
+        os.makedirs(folder, exist_ok=True)
+        with open(generating, 'w') as f:
+            f.write(made_with)
         write_split(folder, prefix, split, count, int(data_config.get('synthetic_num_shards', 4)),
                     spec, seed)
-        with open(record, 'w') as f:
+        with open(record + '.tmp', 'w') as f:
             f.write(made_with)
+        os.replace(record + '.tmp', record)
+        os.remove(generating)
         if not tf.io.gfile.glob(pattern):
             raise VtxError(f"config.data.{field}={pattern!r} does not match the shards written "
                            f"as {folder}/{prefix}-0000i-of-0000n; use a glob like "
@@ -174,7 +193,7 @@ def ensure(data_config) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog='vtx-demo-data', description=__doc__.split('\n')[0])
     defaults = MotionSpec()
     parser.add_argument('--out', required=True, help='output folder')
     parser.add_argument('--num_train', type=int, default=2000)

@@ -59,6 +59,11 @@ class JpegEncoder:
         return jpegs
 
 
+def frames_from_array(array) -> List[av.VideoFrame]:
+    """uint8 RGB frames [T, H, W, 3] as the frames `decode_video` gives."""
+    return [av.VideoFrame.from_ndarray(frame, format='rgb24') for frame in array]
+
+
 def decode_video(path: str, start: Optional[float] = None, end: Optional[float] = None,
                  fps: Optional[float] = None) -> List[av.VideoFrame]:
     """Frames of [start, end) seconds; with `fps`, resampled to that rate (each output time

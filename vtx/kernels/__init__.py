@@ -1,3 +1,10 @@
 """Kernels: the computations that are not "the paper" but how vtx runs it fast or differentiably
 (custom VJPs, fused reductions, alternative poolings). Model files call them; they hold no
-parameters."""
+parameters.
+
+  attention         the attention forward every model shares, and the choice of what runs it
+  window_attention  Video Swin / TPS window attention with a hand-written VJP
+  pooling           MViT's pooling convolution as a shifted sum (`pool_implementation`)
+  projection        query/key/value projections fused into one matmul (`fused_qkv`)
+  top_k             STTS's hard and perturbed (differentiable) top-k
+"""

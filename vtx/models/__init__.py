@@ -1,24 +1,16 @@
-"""Model registry: `config.model.name` -> the Flax module class of that family.
+"""Models: `build_model(config.model)` instantiates the Flax module of the family
+`config.model.name` names (registered in `vtx.families`).
 
 Every family module lives in its own file; the registry imports it lazily so that a config
 names a model by a short string and nothing else is loaded.
 """
 import dataclasses
-import importlib
 
 import jax.numpy as jnp
 
-from vtx.errors import VtxError
+from vtx import families
+from vtx.families import UnknownModelError
 
-# name -> 'module:Class'
-FAMILIES = {
-    'vit': 'vtx.models.vit:VideoViT',              # video-ViT baseline and TokShift
-    'xvit': 'vtx.models.xvit:XViT',
-    'video_swin': 'vtx.models.video_swin:VideoSwin',
-    'tps': 'vtx.models.tps:TPS',
-    'mvit': 'vtx.models.mvit:MViT',                # plain MViT and STTS-MViT
-    'stts_video_swin': 'vtx.models.video_swin:VideoSwin',
-}
 # config.model.dtype -> the compute dtype (parameters stay float32).
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -30,16 +22,8 @@ IMPLEMENTATION_FIELDS = {'dtype': 'float32', 'remat': False, 'attention_implemen
                          'pool_implementation': 'conv', 'fused_qkv': False, 'scan_layers': False}
 
 
-class UnknownModelError(VtxError):
-    pass
-
-
 def model_class(name: str):
-    if name not in FAMILIES:
-        raise UnknownModelError(f'config.model.name={name!r} is not a vtx model; choose one of '
-                                f'{sorted(FAMILIES)}')
-    module, cls = FAMILIES[name].split(':')
-    return getattr(importlib.import_module(module), cls)
+    return families.family(name).model_class()
 
 
 def build_model(model_config):

@@ -1,4 +1,4 @@
-"""Blocks shared by every model family: attention core, MLP, patch embedding, drop-path.
+"""Blocks shared by every model family: self-attention, MLP, patch embedding, drop-path.
 
 Parameters carry logical axis names (see `vtx.sharding` for the rules that map them onto the
 mesh). Compute runs in `dtype` (float32 or bfloat16); parameters are stored in `param_dtype`.
@@ -9,7 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vtx.errors import VtxError
+from vtx.kernels.attention import dot_product_attention
+from vtx.kernels.projection import dense_projections
 
 Dtype = Any
 
@@ -33,45 +34,6 @@ def layer_norm(eps: float, dtype: Dtype = jnp.float32, name: Optional[str] = Non
         epsilon=eps, dtype=dtype, name=name,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('norm',)),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('norm',)))
-
-
-# 'xla': the einsum attention below (float32 softmax, bias, mask, dropout). 'jax':
-# `jax.nn.dot_product_attention`, which picks its cuDNN flash kernel on GPU where the shapes and
-# dtype allow and XLA elsewhere. 'cudnn': that kernel or an error.
-ATTENTION_IMPLEMENTATIONS = ('xla', 'jax', 'cudnn')
-
-
-def dot_product_attention(query, key, value, *, bias=None, mask=None, dropout_rng=None,
-                          dropout_rate: float = 0.0, deterministic: bool = True,
-                          implementation: str = 'xla'):
-    """softmax(q k^T / sqrt(d) + bias) v over [..., length, heads, head_dim] inputs.
-
-    `bias` broadcasts against the [..., heads, q_length, kv_length] scores; `mask` is True where
-    attention is allowed. The softmax runs in float32 whatever the compute dtype, as the official
-    models do. `implementation` is one of ATTENTION_IMPLEMENTATIONS; the 'jax' and 'cudnn'
-    paths serve global attention (no bias, mask or attention dropout).
-    """
-    if implementation not in ATTENTION_IMPLEMENTATIONS:
-        raise VtxError(f'config.model.attention_implementation={implementation!r}: use one of '
-                       f'{ATTENTION_IMPLEMENTATIONS}')
-    if implementation != 'xla':
-        if bias is not None or mask is not None or (dropout_rate > 0 and not deterministic):
-            raise VtxError(f"attention implementation {implementation!r} supports neither bias, "
-                             "mask nor attention dropout; use 'xla'")
-        return jax.nn.dot_product_attention(
-            query, key, value, implementation=None if implementation == 'jax' else implementation)
-    head_dim = query.shape[-1]
-    scores = jnp.einsum('...qhd,...khd->...hqk', query, key) / jnp.sqrt(head_dim).astype(query.dtype)
-    scores = scores.astype(jnp.float32)
-    if bias is not None:
-        scores = scores + bias.astype(jnp.float32)
-    if mask is not None:
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
-    if dropout_rate > 0 and not deterministic:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0).astype(value.dtype)
-    return jnp.einsum('...hqk,...khd->...qhd', weights, value)
 
 
 class Mlp(nn.Module):
@@ -195,7 +157,8 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention with separate query/key/value projections and an output projection.
 
     Feature j of q/k/v belongs to head j // head_dim (head-major), as in every official model.
-    `fused_qkv` computes the three projections as one [D, 3D] matmul; the parameters stay three
+    `fused_qkv` computes the three projections as one [D, 3D] matmul
+    (`kernels.projection.dense_projections`); the parameters stay three
     query/key/value Dense layers, so checkpoints and converters do not depend on it.
     Subclasses change what attends to what by overriding `mix_keys_values` (XViT's space-time
     mixing), which sees the projected keys and values [..., L, D] before the head split.
@@ -212,19 +175,12 @@ class SelfAttention(nn.Module):
         *lead, length, dim = x.shape
         head_dim = dim // self.num_heads
         x = x.astype(self.dtype)
-        kernels, biases = zip(*(DenseParams(dim, ('embed', 'heads'), self.qkv_bias, name=name)(dim)
-                                for name in ('query', 'key', 'value')))
-        if self.fused_qkv:
-            # Stacked on a new axis before the output features, so a kernel sharded over heads
-            # stays sharded the same way.
-            qkv = jnp.einsum('...d,dpe->...pe', x, jnp.stack(kernels, 1).astype(self.dtype))
-            if self.qkv_bias:
-                qkv = qkv + jnp.stack(biases).astype(self.dtype)
-            query, key, value = (qkv[..., i, :] for i in range(3))
-        else:
-            query, key, value = (
-                jnp.einsum('...d,de->...e', x, k.astype(self.dtype))
-                + (0 if b is None else b.astype(self.dtype)) for k, b in zip(kernels, biases))
+        kernels, biases = zip(*(
+            DenseParams(features=dim, axes=('embed', 'heads'), use_bias=self.qkv_bias,
+                        name=name)(dim) for name in ('query', 'key', 'value')))
+        query, key, value = dense_projections(
+            x, [k.astype(self.dtype) for k in kernels],
+            [None if b is None else b.astype(self.dtype) for b in biases], fused=self.fused_qkv)
         key, value = self.mix_keys_values(key, value)
         split = lambda y: y.reshape(*lead, length, self.num_heads, head_dim)
         dropout_rng = None

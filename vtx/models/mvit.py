@@ -14,15 +14,17 @@ sigma = selection_sigma * (1 - train_progress) (constant `selection_sigma` when
 
 Module names follow the SlowFast checkpoint (`blocks_{i}/attn/pool_q`, `norm_q`, ...).
 """
+import functools
 import math
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vtx.errors import VtxError
+from vtx.kernels.attention import dot_product_attention
+from vtx.kernels.pooling import shifted_sum_conv
 from vtx.models import layers
 from vtx.models.token_selection import (SpatialWindowSelection, TemporalSelection,
                                         top_k_sigma)
@@ -78,35 +80,6 @@ def block_schedule(depth, embed_dim, num_heads, dim_mul, head_mul, pool_q_stride
     return schedule
 
 
-class ShiftedSumDepthwiseConv(nn.Module):
-    """The pooling conv (depthwise, no bias, padding kernel // 2) as a sum over the kernel offsets
-    of strided slices times per-channel weights: same parameter ('kernel' [kT, kH, kW, 1, C]) and
-    result up to float rounding, but XLA:CPU runs it two orders of magnitude faster than a
-    grouped convolution (`MViT.pool_implementation='shifted_sum'`)."""
-    kernel: tuple
-    stride: tuple
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        channels = x.shape[-1]
-        w = self.param('kernel', nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                              (None,) * 5),
-                       (*self.kernel, 1, channels)).astype(self.dtype)
-        x = x.astype(self.dtype)
-        pad = [(0, 0)] + [(k // 2, k // 2) for k in self.kernel] + [(0, 0)]
-        padded = jnp.pad(x, pad)
-        out = pooled_grid(x.shape[1:4], self.kernel, self.stride)
-        total = None
-        for offset in np.ndindex(*self.kernel):
-            start = (0, *offset, 0)
-            limit = (x.shape[0], *(o + (n - 1) * s + 1 for o, n, s in zip(offset, out, self.stride)),
-                     channels)
-            term = jax.lax.slice(padded, start, limit, (1, *self.stride, 1)) * w[offset][0]
-            total = term if total is None else total + term
-        return total
-
-
 def _pools(kernel, stride) -> bool:
     # The official attention drops a pool whose kernel and stride are both all-ones (or empty).
     return bool(kernel) and not (math.prod(kernel) == 1 and math.prod(stride) == 1)
@@ -131,18 +104,16 @@ class MultiScaleAttention(nn.Module):
             return t
         batch, _, heads, head_dim = t.shape
         grid = t[:, 1:].transpose(0, 2, 1, 3).reshape(batch * heads, *self.thw, head_dim)
-        if self.pool_implementation == 'shifted_sum':
-            grid = ShiftedSumDepthwiseConv(tuple(kernel), tuple(stride), self.dtype,
-                                           name=f'pool_{which}')(grid)
-        else:
-            grid = nn.Conv(head_dim, tuple(kernel), strides=tuple(stride),
-                           padding=[(k // 2, k // 2) for k in kernel], feature_group_count=head_dim,
-                           use_bias=False, dtype=self.dtype, name=f'pool_{which}',
-                           kernel_init=nn.with_logical_partitioning(
-                               nn.initializers.lecun_normal(), (None,) * 5))(grid)
+        grid = nn.Conv(
+            head_dim, tuple(kernel), strides=tuple(stride),
+            padding=[(k // 2, k // 2) for k in kernel], feature_group_count=head_dim,
+            use_bias=False, dtype=self.dtype, name=f'pool_{which}',
+            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None,) * 5),
+            conv_general_dilated=(shifted_sum_conv if self.pool_implementation == 'shifted_sum'
+                                  else None))(grid)
         grid = grid.reshape(batch, heads, -1, head_dim).transpose(0, 2, 1, 3)
         t = jnp.concatenate([t[:, :1], grid], axis=1)
-        return layers.layer_norm(POOL_NORM_EPS, self.dtype, name=f'norm_{which}')(t)
+        return layers.layer_norm(POOL_NORM_EPS, dtype=self.dtype, name=f'norm_{which}')(t)
 
     @nn.compact
     def __call__(self, x):
@@ -154,7 +125,7 @@ class MultiScaleAttention(nn.Module):
         q = self.pool('q', qkv[:, :, 0], self.kernel_q, self.stride_q)
         k = self.pool('k', qkv[:, :, 1], self.kernel_kv, self.stride_kv)
         v = self.pool('v', qkv[:, :, 2], self.kernel_kv, self.stride_kv)
-        out = layers.dot_product_attention(q, k, v).reshape(batch, q.shape[1], self.dim)
+        out = dot_product_attention(q, k, v).reshape(batch, q.shape[1], self.dim)
         return layers.dense(self.dim, ('heads', 'embed'), dtype=self.dtype, name='proj')(out)
 
 
@@ -163,6 +134,8 @@ class MultiScaleBlock(nn.Module):
 
     When dim != dim_out the residual of the MLP is `proj(norm2(x))` (the official v1 block).
     """
+    attention: Any    # partial of MultiScaleAttention, missing the block's geometry and `name`
+    norm: Any         # partial of `layers.layer_norm`, missing only `name`
     dim: int
     dim_out: int
     num_heads: int
@@ -172,33 +145,30 @@ class MultiScaleBlock(nn.Module):
     kernel_kv: tuple = ()
     stride_kv: tuple = ()
     mlp_ratio: float = 4.0
-    qkv_bias: bool = True
     drop_path_rate: float = 0.0
-    layer_norm_eps: float = 1e-6
     dtype: Any = jnp.float32
-    pool_implementation: str = 'conv'
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
-        y = layers.layer_norm(self.layer_norm_eps, self.dtype, name='norm1')(x)
-        y = MultiScaleAttention(self.dim, self.num_heads, self.thw, self.kernel_q, self.stride_q,
-                                self.kernel_kv, self.stride_kv, self.qkv_bias, self.dtype,
-                                self.pool_implementation, name='attn')(y)
+        y = self.norm(name='norm1')(x)
+        y = self.attention(dim=self.dim, num_heads=self.num_heads, thw=self.thw,
+                           kernel_q=self.kernel_q, stride_q=self.stride_q,
+                           kernel_kv=self.kernel_kv, stride_kv=self.stride_kv, name='attn')(y)
         skip_kernel = tuple(s + 1 if s > 1 else s for s in self.stride_q)
         if skip_kernel and math.prod(skip_kernel) > 1:
             grid = x[:, 1:].reshape(x.shape[0], *self.thw, self.dim)
             grid = nn.max_pool(grid, skip_kernel, strides=self.stride_q,
                                padding=[(k // 2, k // 2) for k in skip_kernel])
             x = jnp.concatenate([x[:, :1], grid.reshape(x.shape[0], -1, self.dim)], axis=1)
-        x = x + layers.DropPath(self.drop_path_rate)(y, deterministic)
-        x_norm = layers.layer_norm(self.layer_norm_eps, self.dtype, name='norm2')(x)
+        x = x + layers.DropPath(rate=self.drop_path_rate)(y, deterministic)
+        x_norm = self.norm(name='norm2')(x)
         y = layers.dense(int(self.dim * self.mlp_ratio), ('embed', 'mlp'), dtype=self.dtype,
                          name='fc1')(x_norm)
         y = nn.with_logical_constraint(nn.gelu(y, approximate=False), ('batch', 'length', 'mlp'))
         y = layers.dense(self.dim_out, ('mlp', 'embed'), dtype=self.dtype, name='fc2')(y)
         if self.dim != self.dim_out:
             x = layers.dense(self.dim_out, (None, 'embed'), dtype=self.dtype, name='proj')(x_norm)
-        x = x + layers.DropPath(self.drop_path_rate)(y, deterministic)
+        x = x + layers.DropPath(rate=self.drop_path_rate)(y, deterministic)
         return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
 
@@ -236,7 +206,7 @@ class MViT(nn.Module):
     remat: bool = False
     dtype: Any = jnp.float32
     # 'conv': grouped convolution; 'shifted_sum': the same pooling as slices x weights, far
-    # faster on XLA:CPU (see ShiftedSumDepthwiseConv), same parameters.
+    # faster on XLA:CPU (`vtx.kernels.pooling`), same parameters.
     pool_implementation: str = 'conv'
 
     def schedule(self):
@@ -310,30 +280,34 @@ class MViT(nn.Module):
         x = x + jnp.concatenate([pos_class, pos], axis=1).astype(x.dtype)
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
-        block_cls = MultiScaleBlock
-        if self.remat:
-            block_cls = nn.remat(MultiScaleBlock, static_argnums=(2,))
+        norm = functools.partial(layers.layer_norm, self.layer_norm_eps, dtype=self.dtype)
+        block = functools.partial(
+            nn.remat(MultiScaleBlock, static_argnums=(2,)) if self.remat else MultiScaleBlock,
+            attention=functools.partial(MultiScaleAttention, qkv_bias=self.qkv_bias,
+                                        dtype=self.dtype,
+                                        pool_implementation=self.pool_implementation),
+            norm=norm, mlp_ratio=self.mlp_ratio, dtype=self.dtype)
         thw = tuple(thw)
         for i, spec in enumerate(schedule):
             if i == self.time_pruning_loc:
                 frames = x[:, 1:].reshape(batch, thw[0], thw[1] * thw[2], -1)
-                frames = TemporalSelection(time_keep, self.selection_num_samples, self.dtype,
-                                           name='time_selection')(frames, sigma)
+                frames = TemporalSelection(num_keep=time_keep,
+                                           num_samples=self.selection_num_samples,
+                                           dtype=self.dtype, name='time_selection')(frames, sigma)
                 thw = (time_keep,) + thw[1:]
                 x = jnp.concatenate([x[:, :1], frames.reshape(batch, -1, frames.shape[-1])], 1)
             if i == self.space_pruning_loc:
                 tokens = x[:, 1:].reshape(batch, *thw, -1)
-                tokens = SpatialWindowSelection(space_keep, None, self.selection_num_samples,
-                                                self.dtype, name='space_selection')(tokens, sigma)
+                tokens = SpatialWindowSelection(num_keep=space_keep,
+                                                num_samples=self.selection_num_samples,
+                                                dtype=self.dtype, name='space_selection')(
+                                                    tokens, sigma)
                 thw = tokens.shape[1:4]
                 x = jnp.concatenate([x[:, :1], tokens.reshape(batch, -1, tokens.shape[-1])], 1)
-            x = block_cls(mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, thw=thw,
-                          drop_path_rate=self.drop_path_rate * i / max(self.depth - 1, 1),
-                          layer_norm_eps=self.layer_norm_eps, dtype=self.dtype,
-                          pool_implementation=self.pool_implementation,
-                          name=f'blocks_{i}', **spec)(x, not train)
+            x = block(thw=thw, drop_path_rate=self.drop_path_rate * i / max(self.depth - 1, 1),
+                      name=f'blocks_{i}', **spec)(x, not train)
             thw = pooled_grid(thw, spec['kernel_q'], spec['stride_q'])
-        x = layers.layer_norm(self.layer_norm_eps, self.dtype, name='norm')(x)
+        x = norm(name='norm')(x)
         features = x[:, 0]
         y = nn.Dropout(self.dropout_rate)(features, deterministic=not train)
         logits = layers.dense(self.num_classes, ('embed', 'classes'), dtype=self.dtype,

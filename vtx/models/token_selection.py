@@ -1,7 +1,7 @@
 """STTS token selection (Wang et al., ECCV 2022): a light scorer ranks frames or spatial windows and
 only the top-k are kept, so every later block runs on fewer tokens.
 
-Two selectors share one scorer network (`ScorePredictor`) and one top-k:
+Two selectors share one scorer network (`ScorePredictor`) and one top-k (`vtx.kernels.top_k`):
   - `TemporalSelection` ('tpool'): keeps `num_keep` whole frames, in their temporal order;
   - `SpatialWindowSelection` ('spatch'): keeps one a x a window of tokens per frame,
     a = int(sqrt(k)).
@@ -21,7 +21,6 @@ fraction of training done, 0..1, may be traced) in `__call__` and turn it into s
 Both selectors sow the normalised scores and the hard indices (eval only) into the
 'intermediates' collection, so a caller can inspect what was kept.
 """
-import functools
 import math
 from typing import Any, Optional
 
@@ -31,12 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from vtx.errors import VtxError
+from vtx.kernels.top_k import hard_top_k, perturbed_top_k
 from vtx.models import layers
 
 # Official scorer LayerNorm: torch's default eps, not the 1e-6 of the MViT blocks.
 SCORER_NORM_EPS = 1e-5
-# Below this sigma the official backward returns a zero gradient instead of dividing by sigma.
-_MIN_SIGMA = 1e-20
 
 
 class ScorePredictor(nn.Module):
@@ -50,7 +48,7 @@ class ScorePredictor(nn.Module):
     @nn.compact
     def __call__(self, z):
         dim = z.shape[-1]
-        h = layers.layer_norm(SCORER_NORM_EPS, self.dtype, name='norm')(z)
+        h = layers.layer_norm(SCORER_NORM_EPS, dtype=self.dtype, name='norm')(z)
         h = nn.gelu(layers.dense(dim, (None, None), dtype=self.dtype, name='in_fc')(h),
                     approximate=False)
         local, context = h[..., :dim // 2], h[..., dim // 2:]
@@ -84,44 +82,6 @@ def min_max_normalize(scores):
     return (scores - low) / (high - low + 1e-5)
 
 
-def hard_top_k(scores, k: int):
-    """Indices [b, k] of the k largest scores of each row, in ascending (temporal/raster) order."""
-    return jnp.sort(jax.lax.top_k(scores, k)[1], axis=-1)
-
-
-def _sample_indicators(scores, noise, sigma, k):
-    """One-hot top-k of each perturbed copy: [b, n, k, d]; ascending index order within k."""
-    perturbed = scores[:, None, :] + sigma * noise
-    return jax.nn.one_hot(hard_top_k(perturbed, k), scores.shape[-1], dtype=scores.dtype)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def perturbed_top_k(scores, noise, sigma, k: int):
-    """Differentiable top-k indicators [b, k, d] of scores [b, d] under noise [b, n, d] ~ N(0, 1).
-
-    Forward: mean over the n samples of the one-hot top-k of `scores + sigma * noise`.
-    Backward: d scores[b, j] = sum_i g[b, i, j] * E[b, i, j] with
-    E = mean_n(one_hot[b, n, i, j] * noise[b, n, j]) / sigma (zero when sigma <= 1e-20).
-    """
-    return _sample_indicators(scores, noise, sigma, k).mean(axis=1)
-
-
-def _perturbed_top_k_fwd(scores, noise, sigma, k):
-    one_hot = _sample_indicators(scores, noise, sigma, k)
-    return one_hot.mean(axis=1), (one_hot, noise, sigma)
-
-
-def _perturbed_top_k_bwd(k, residuals, g):
-    one_hot, noise, sigma = residuals
-    positive = sigma > _MIN_SIGMA
-    expected = jnp.einsum('bnkd,bnd->bkd', one_hot, noise) / noise.shape[1]
-    expected = jnp.where(positive, expected / jnp.where(positive, sigma, 1.0), 0.0)
-    return jnp.einsum('bkd,bkd->bd', g, expected), jnp.zeros_like(noise), jnp.zeros_like(sigma)
-
-
-perturbed_top_k.defvjp(_perturbed_top_k_fwd, _perturbed_top_k_bwd)
-
-
 def _select(module: nn.Module, scores, k: int, sigma, num_samples: int):
     """(indices [b, k], None) at eval (sigma None), else (None, indicators [b, k, d])."""
     module.sow('intermediates', 'scores', scores)
@@ -153,7 +113,8 @@ class TemporalSelection(nn.Module):
                              'frames')
         flat = frames.reshape(batch, num_frames, -1, channels)
         descriptor = jnp.concatenate([flat.mean(axis=2), flat.max(axis=2)], axis=-1)
-        scores = min_max_normalize(ScorePredictor(self.dtype, name='score_network')(descriptor))
+        scores = ScorePredictor(dtype=self.dtype, name='score_network')(descriptor)
+        scores = min_max_normalize(scores)
         indices, indicators = _select(self, scores, self.num_keep, sigma, self.num_samples)
         if indicators is None:
             kept = jnp.take_along_axis(flat, indices[:, :, None, None], axis=1)
@@ -196,7 +157,7 @@ class SpatialWindowSelection(nn.Module):
         stride = self.stride or max((height - window) // 2, 1)
         windows = jnp.asarray(window_token_indices(height, window, stride))  # [L, a*a]
         flat = tokens.reshape(batch * frames, height * width, channels)
-        token_scores = ScorePredictor(self.dtype, name='score_network')(flat)
+        token_scores = ScorePredictor(dtype=self.dtype, name='score_network')(flat)
         scores = min_max_normalize(token_scores[:, windows].mean(axis=-1))  # [B*T, L]
         indices, indicators = _select(self, scores, 1, sigma, self.num_samples)
         if indicators is None:

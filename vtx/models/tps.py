@@ -7,7 +7,6 @@ blocks apply the temporal patch shift, which is undone on attn @ v before the ou
 The relative position bias table is built for a virtual (16, 7, 7) window and indexed per frame
 (official quirk), so the official model only works with exactly 16 frame tokens.
 """
-import functools
 import math
 
 import numpy as np
@@ -79,10 +78,8 @@ class TPS(SwinBackbone):
         super().__post_init__()
 
     def attention_for_block(self, stage: int, block: int):
-        return functools.partial(
-            TPSWindowAttention, self.num_heads[stage], WINDOW, self.qkv_bias,
-            self.attention_dropout_rate, self.dropout_rate, self.dtype,
-            temporal='patch_shift' if block % 2 else 'channel_shift')
+        return self.attention_partial(
+            TPSWindowAttention, stage, temporal='patch_shift' if block % 2 else 'channel_shift')
 
     def check_input(self, video):
         super().check_input(video)

@@ -13,11 +13,12 @@ import math
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vtx.errors import VtxError
+from vtx.kernels.attention import dot_product_attention
+from vtx.kernels.window_attention import window_attention
 from vtx.models import layers
 from vtx.models.token_selection import TemporalSelection, top_k_sigma
 
@@ -90,81 +91,6 @@ def relative_position_index(window: Sequence[int], coords_window: Optional[Seque
     return rel[0] * (2 * wh - 1) * (2 * ww - 1) + rel[1] * (2 * ww - 1) + rel[2]
 
 
-# --------------------------------------------------------------------------- attention
-
-def _sum_to_shape(x, shape: Sequence[int]):
-    """Sums x over the axes where `shape` (same rank) is 1 and x is not, as a matmul with ones.
-
-    This is the transpose of broadcasting a [heads, N, N] bias over all windows. XLA:CPU runs that
-    reduction over the leading (window) axes as a strided loop, ~50x slower than the equivalent
-    vector-matrix product (0.36 s against 6 ms for Swin-T stage 1).
-    """
-    reduce = [i for i in range(x.ndim) if shape[i] == 1 and x.shape[i] != 1]
-    if not reduce:
-        return x
-    last = max(reduce)
-    batch = [i for i in range(last) if i not in reduce]
-    x = x.reshape(x.shape[:last + 1] + (-1,))
-    ones = jnp.ones([x.shape[i] for i in batch + reduce], x.dtype)
-    out = jax.lax.dot_general(   # ones as the left operand: x needs no transposed copy
-        ones, x, ((tuple(range(len(batch), len(batch) + len(reduce))), tuple(reduce)),
-                  (tuple(range(len(batch))), tuple(batch))))
-    return out.reshape(shape)
-
-
-def _split_heads_first(qkv):
-    """[..., N, 3, heads, hd] -> q, k, v [..., heads, N, hd]: plain batched matmuls."""
-    qkv = jnp.moveaxis(qkv, (-3, -4), (0, -2))
-    return qkv[0], qkv[1], qkv[2]
-
-
-@jax.custom_vjp
-def window_attention(qkv, bias, mask):
-    """softmax(q k^T / sqrt(hd) + bias + mask) v: qkv [..., N, 3, heads, hd] -> [..., N, heads, hd].
-
-    `bias` and `mask` broadcast against the [..., heads, N, N] scores (float32 softmax); the mask
-    is a constant and gets no gradient. The forward is `layers.dot_product_attention`. The VJP is
-    written out, flash-attention style (dS = P (dP - rowsum(dO O))), and sums the bias gradient
-    over windows with a matmul: autodiff of the same forward kept several [..., N, N] tensors and
-    reduced the bias gradient with a strided loop, together ~70% of Swin-T's train step on CPU.
-    """
-    q, k, v = (t[..., 0, :, :] for t in jnp.split(qkv, 3, axis=-3))
-    return layers.dot_product_attention(q, k, v, bias=bias if mask is None else bias + mask)
-
-
-def _window_attention_fwd(qkv, bias, mask):
-    q, k, v = _split_heads_first(qkv)
-    s = jnp.einsum('...qd,...kd->...qk', q * q.shape[-1] ** -0.5, k,
-                   preferred_element_type=jnp.float32)
-    s = s + bias.astype(jnp.float32)
-    if mask is not None:
-        s = s + mask
-    s = jnp.exp(s - s.max(axis=-1, keepdims=True))
-    p = (s / s.sum(axis=-1, keepdims=True)).astype(v.dtype)
-    o = jnp.einsum('...qk,...kd->...qd', p, v)
-    return jnp.swapaxes(o, -2, -3), (q, k, v, o, p, bias)
-
-
-def _window_attention_bwd(residuals, do):
-    q, k, v, o, p, bias = residuals
-    f32, scale = jnp.float32, q.shape[-1] ** -0.5
-    do = jnp.swapaxes(do, -2, -3).astype(v.dtype)  # [..., heads, N, hd]
-    dv = jnp.einsum('...qk,...qd->...kd', p, do)
-    dp = jnp.einsum('...qd,...kd->...qk', do, v, preferred_element_type=f32)
-    delta = jnp.sum(do.astype(f32) * o.astype(f32), axis=-1, keepdims=True)
-    ds = p.astype(f32) * (dp - delta)
-    shape = (1,) * (ds.ndim - bias.ndim) + bias.shape
-    dbias = _sum_to_shape(ds, shape).reshape(bias.shape).astype(bias.dtype)
-    ds = ds.astype(q.dtype)
-    dq = jnp.einsum('...qk,...kd->...qd', ds, k) * scale
-    dk = jnp.einsum('...qk,...qd->...kd', ds, q * scale)
-    dqkv = jnp.moveaxis(jnp.stack([dq, dk, dv]).astype(q.dtype), (0, -2), (-3, -4))
-    return dqkv, dbias, None
-
-
-window_attention.defvjp(_window_attention_fwd, _window_attention_bwd)
-
-
 # --------------------------------------------------------------------------- modules
 
 class WindowAttention(nn.Module):
@@ -172,7 +98,8 @@ class WindowAttention(nn.Module):
 
     Input [B, nD, nS, N, C] (windows grouped by temporal index nD and spatial index nS); `mask`
     broadcasts against [nD, nS, heads, N, N]. Subclasses change the bias (`position_bias`) and
-    may mix tokens across windows before the projection and after attention.
+    may mix tokens across windows before the projection and after attention. The attention itself
+    is `vtx.kernels.window_attention`, whose hand-written VJP serves the train step.
     """
     num_heads: int
     window_size: Sequence[int]
@@ -197,24 +124,24 @@ class WindowAttention(nn.Module):
     def __call__(self, x, win, mask=None, deterministic: bool = True):
         *lead, n, dim = x.shape
         head_dim = dim // self.num_heads
+        dense = functools.partial(layers.dense, dtype=self.dtype,
+                                  kernel_init=layers.truncated_normal(0.02))
         table = self.param('relative_position_bias_table', nn.with_logical_partitioning(
             layers.truncated_normal(0.02), (None, 'heads')), (self.table_rows(), self.num_heads))
         x = self.mix_input(x)
-        qkv = layers.dense(3 * dim, ('embed', 'heads'), use_bias=self.qkv_bias, dtype=self.dtype,
-                           kernel_init=layers.truncated_normal(0.02), name='qkv')(x)
+        qkv = dense(3 * dim, ('embed', 'heads'), use_bias=self.qkv_bias, name='qkv')(x)
         qkv = qkv.reshape(*lead, n, 3, self.num_heads, head_dim)
         bias = self.position_bias(table, win, x.shape[1])
         if self.attention_dropout_rate > 0 and not deterministic:
-            q, k, v = jnp.split(qkv, 3, axis=-3)
-            o = layers.dot_product_attention(
-                q[..., 0, :, :], k[..., 0, :, :], v[..., 0, :, :],
+            # The kernel's VJP keeps no dropout mask; attention dropout trains through autodiff.
+            o = dot_product_attention(
+                *(qkv[..., i, :, :] for i in range(3)),
                 bias=bias if mask is None else bias + mask, dropout_rng=self.make_rng('dropout'),
                 dropout_rate=self.attention_dropout_rate, deterministic=deterministic)
         else:
             o = window_attention(qkv, bias, mask)
         o = self.mix_output(o).reshape(*lead, n, dim)
-        o = layers.dense(dim, ('heads', 'embed'), dtype=self.dtype,
-                         kernel_init=layers.truncated_normal(0.02), name='proj')(o)
+        o = dense(dim, ('heads', 'embed'), name='proj')(o)
         return nn.Dropout(self.dropout_rate)(o, deterministic=deterministic)
 
 
@@ -242,18 +169,17 @@ class WindowAttention3D(WindowAttention):
 class SwinBlock(nn.Module):
     """norm1 -> pad -> (roll) -> window attention -> (roll back) -> crop, residual; then the MLP."""
     attention: Any          # partial of a WindowAttention class, missing only `name`
+    norm: Any               # partial of `layers.layer_norm`, missing only `name`
+    mlp: Any                # partial of `layers.Mlp`, missing `hidden_dim` and `name`
     win: Sequence[int]
     shift: Sequence[int]
     mlp_ratio: float = 4.0
-    dropout_rate: float = 0.0
     drop_path_rate: float = 0.0
-    layer_norm_eps: float = 1e-5
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         b, d, h, w, c = x.shape
-        y = layers.layer_norm(self.layer_norm_eps, self.dtype, name='norm1')(x)
+        y = self.norm(name='norm1')(x)
         y = pad_to_multiple(y, self.win)  # after norm1: padded tokens are exact zeros
         padded = y.shape[1:4]
         shifted = any(self.shift)
@@ -265,16 +191,15 @@ class SwinBlock(nn.Module):
         y = window_reverse(y, self.win, padded)
         if shifted:
             y = jnp.roll(y, list(self.shift), axis=(1, 2, 3))
-        x = x + layers.DropPath(self.drop_path_rate)(y[:, :d, :h, :w], deterministic)
-        y = layers.layer_norm(self.layer_norm_eps, self.dtype, name='norm2')(x).reshape(b, -1, c)
-        y = layers.Mlp(int(c * self.mlp_ratio), self.dropout_rate, self.dtype, name='mlp')(
-            y, deterministic)
-        return x + layers.DropPath(self.drop_path_rate)(y.reshape(x.shape), deterministic)
+        x = x + layers.DropPath(rate=self.drop_path_rate)(y[:, :d, :h, :w], deterministic)
+        y = self.norm(name='norm2')(x).reshape(b, -1, c)
+        y = self.mlp(hidden_dim=int(c * self.mlp_ratio), name='mlp')(y, deterministic)
+        return x + layers.DropPath(rate=self.drop_path_rate)(y.reshape(x.shape), deterministic)
 
 
 class PatchMerging(nn.Module):
     """2x2 spatial merge (D untouched): odd H/W zero-padded at the end, LayerNorm(4C), Linear 2C."""
-    layer_norm_eps: float = 1e-5
+    norm: Any               # partial of `layers.layer_norm`, missing only `name`
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -282,33 +207,28 @@ class PatchMerging(nn.Module):
         x = pad_to_multiple(x, (1, 2, 2))
         x = jnp.concatenate([x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2], x[:, :, 0::2, 1::2],
                              x[:, :, 1::2, 1::2]], axis=-1)
-        x = layers.layer_norm(self.layer_norm_eps, self.dtype, name='norm')(x)
+        x = self.norm(name='norm')(x)
         return layers.dense(x.shape[-1] // 2, (None, 'embed'), use_bias=False, dtype=self.dtype,
                             kernel_init=layers.truncated_normal(0.02), name='reduction')(x)
 
 
 class SwinStage(nn.Module):
     """One stage: blocks (even unshifted, odd shifted) then, except for the last, PatchMerging."""
+    block: Any                    # partial of SwinBlock, missing attention, window, rate and name
     attentions: Sequence[Any]     # one WindowAttention partial per block
     window_size: Sequence[int]
     drop_path_rates: Sequence[float]
-    downsample: bool
-    mlp_ratio: float = 4.0
-    dropout_rate: float = 0.0
-    layer_norm_eps: float = 1e-5
-    remat: bool = False
-    dtype: Any = jnp.float32
+    downsample: Optional[Any] = None  # PatchMerging partial missing only `name`; None: last stage
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         win, shift = effective_window(x.shape[1:4], self.window_size)
-        block = nn.remat(SwinBlock, static_argnums=(2,)) if self.remat else SwinBlock
         for j, attention in enumerate(self.attentions):
-            x = block(attention, win, shift if j % 2 else (0, 0, 0), self.mlp_ratio,
-                      self.dropout_rate, self.drop_path_rates[j], self.layer_norm_eps,
-                      self.dtype, name=f'blocks_{j}')(x, deterministic)
-        if self.downsample:
-            x = PatchMerging(self.layer_norm_eps, self.dtype, name='downsample')(x)
+            x = self.block(attention=attention, win=win, shift=shift if j % 2 else (0, 0, 0),
+                           drop_path_rate=self.drop_path_rates[j], name=f'blocks_{j}')(
+                               x, deterministic)
+        if self.downsample is not None:
+            x = self.downsample(name='downsample')(x)
         return x
 
 
@@ -338,6 +258,17 @@ class SwinBackbone(nn.Module):
     def attention_for_block(self, stage: int, block: int):
         raise NotImplementedError
 
+    def attention_partial(self, attention: type, stage: int, **fields):
+        """`attention` (a WindowAttention class) with the fields of `stage`, missing only `name`."""
+        return functools.partial(
+            attention, num_heads=self.num_heads[stage], window_size=tuple(self.window_size),
+            qkv_bias=self.qkv_bias, attention_dropout_rate=self.attention_dropout_rate,
+            dropout_rate=self.dropout_rate, dtype=self.dtype, **fields)
+
+    def norm_layer(self):
+        """Every LayerNorm of the backbone, missing only `name`."""
+        return functools.partial(layers.layer_norm, self.layer_norm_eps, dtype=self.dtype)
+
     def check_input(self, video):
         if video.ndim != 5 or video.shape[-1] != 3:
             raise VtxError(f'{type(self).__name__} expects video [B, T, H, W, 3], got shape '
@@ -348,9 +279,10 @@ class SwinBackbone(nn.Module):
 
     def embed(self, video, deterministic: bool):
         x = pad_to_multiple(video.astype(self.dtype), self.patch_size)
-        x = layers.PatchEmbed(self.embed_dim, self.patch_size, self.dtype, name='patch_embed')(x)
+        x = layers.PatchEmbed(embed_dim=self.embed_dim, patch_size=self.patch_size,
+                              dtype=self.dtype, name='patch_embed')(x)
         if self.patch_norm:
-            x = layers.layer_norm(self.layer_norm_eps, self.dtype, name='patch_norm')(x)
+            x = self.norm_layer()(name='patch_norm')(x)
         return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
 
     @nn.compact
@@ -359,15 +291,22 @@ class SwinBackbone(nn.Module):
         self.check_input(video)
         x = self.embed(video, not train)  # [B, D, H', W', C]
         x = self.select_frames(x, train, train_progress)
+        norm = self.norm_layer()
+        block = functools.partial(
+            nn.remat(SwinBlock, static_argnums=(2,)) if self.remat else SwinBlock, norm=norm,
+            mlp=functools.partial(layers.Mlp, dropout_rate=self.dropout_rate, dtype=self.dtype),
+            mlp_ratio=self.mlp_ratio)
+        merging = functools.partial(PatchMerging, norm=norm, dtype=self.dtype)
         rates = np.linspace(0, self.drop_path_rate, sum(self.depths)).tolist()
         for i, depth in enumerate(self.depths):
             start = sum(self.depths[:i])
-            x = SwinStage(tuple(self.attention_for_block(i, j) for j in range(depth)),
-                          tuple(self.window_size), tuple(rates[start:start + depth]),
-                          i < len(self.depths) - 1, self.mlp_ratio, self.dropout_rate,
-                          self.layer_norm_eps, self.remat, self.dtype,
+            x = SwinStage(block=block,
+                          attentions=tuple(self.attention_for_block(i, j) for j in range(depth)),
+                          window_size=tuple(self.window_size),
+                          drop_path_rates=tuple(rates[start:start + depth]),
+                          downsample=merging if i < len(self.depths) - 1 else None,
                           name=f'layers_{i}')(x, not train)
-        features = layers.layer_norm(self.layer_norm_eps, self.dtype, name='norm')(x)
+        features = norm(name='norm')(x)
         pooled = features.mean(axis=(1, 2, 3))  # includes tokens from patch/merge padding
         pooled = nn.Dropout(self.head_dropout_rate)(pooled, deterministic=not train)
         logits = layers.dense(self.num_classes, ('embed', 'classes'), dtype=self.dtype,
@@ -396,12 +335,10 @@ class VideoSwin(SwinBackbone):
             raise VtxError(f'STTS on Video Swin needs a square token grid (the official code '
                              f'assumes H == W), got {x.shape[2]}x{x.shape[3]}')
         sigma = top_k_sigma(train, train_progress, self.selection_sigma, self.selection_sigma_decay)
-        return TemporalSelection(int(self.num_frames // 2 * self.time_left_ratio),
-                                 self.selection_num_samples, self.dtype,
+        return TemporalSelection(num_keep=int(self.num_frames // 2 * self.time_left_ratio),
+                                 num_samples=self.selection_num_samples, dtype=self.dtype,
                                  name='time_selection')(x, sigma)
 
     def attention_for_block(self, stage: int, block: int):
-        return functools.partial(
-            WindowAttention3D, self.num_heads[stage], tuple(self.window_size), self.qkv_bias,
-            self.attention_dropout_rate, self.dropout_rate, self.dtype,
-            clipped_window_bias=self.clipped_window_bias)
+        return self.attention_partial(WindowAttention3D, stage,
+                                      clipped_window_bias=self.clipped_window_bias)

@@ -5,7 +5,8 @@ to each frame's [CLS] token and the logits are averaged over frames. With `tempo
 the [CLS] token is shifted across frames before both sub-blocks of every encoder block.
 Module names follow the official checkpoint (`transformer.encoder.layer.{i}.attn.query`, ...).
 """
-from typing import Any
+import functools
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -16,34 +17,27 @@ from vtx.models.token_shift import TokenShift
 
 
 class EncoderBlock(nn.Module):
-    num_heads: int
-    mlp_dim: int
-    num_frames: int
-    temporal: str = 'none'
-    shift_div: int = 4
+    """Pre-norm encoder block; `token_shift` (a TokenShift partial, missing only `name`) shifts
+    the [CLS] token before both sub-blocks (TokShift)."""
+    attention: Any          # partial of layers.SelfAttention, missing only `name`
+    mlp: Any                # partial of layers.Mlp, missing only `name`
+    norm: Any               # partial of layers.layer_norm, missing only `name`
+    token_shift: Optional[Any] = None
     dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
     drop_path_rate: float = 0.0
-    layer_norm_eps: float = 1e-6
-    dtype: Any = jnp.float32
-    attention_implementation: str = 'xla'
-    fused_qkv: bool = False
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
-        shift = (TokenShift(self.num_frames, self.shift_div) if self.temporal == 'token_shift'
-                 else (lambda y: y))
+        shift = self.token_shift() if self.token_shift is not None else (lambda y: y)
         x = shift(x)  # the shifted stream is also the residual, as in the official code
-        y = layers.layer_norm(self.layer_norm_eps, self.dtype, name='attention_norm')(x)
-        y = layers.SelfAttention(self.num_heads, attention_dropout_rate=self.attention_dropout_rate,
-                                 dtype=self.dtype, implementation=self.attention_implementation,
-                                 fused_qkv=self.fused_qkv, name='attn')(y, deterministic)
+        y = self.norm(name='attention_norm')(x)
+        y = self.attention(name='attn')(y, deterministic)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
-        x = x + layers.DropPath(self.drop_path_rate)(y, deterministic)
+        x = x + layers.DropPath(rate=self.drop_path_rate)(y, deterministic)
         x = shift(x)
-        y = layers.layer_norm(self.layer_norm_eps, self.dtype, name='ffn_norm')(x)
-        y = layers.Mlp(self.mlp_dim, self.dropout_rate, self.dtype, name='ffn')(y, deterministic)
-        x = x + layers.DropPath(self.drop_path_rate)(y, deterministic)
+        y = self.norm(name='ffn_norm')(x)
+        y = self.mlp(name='ffn')(y, deterministic)
+        x = x + layers.DropPath(rate=self.drop_path_rate)(y, deterministic)
         return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
 
@@ -88,8 +82,8 @@ class VideoViT(nn.Module):
         self.check_input(video)
         batch, frames = video.shape[:2]
         x = video.reshape(batch * frames, *video.shape[2:]).astype(self.dtype)
-        x = layers.PatchEmbed(self.hidden_size, (self.patch_size, self.patch_size), self.dtype,
-                              name='patch_embed')(x)
+        x = layers.PatchEmbed(embed_dim=self.hidden_size, patch_size=(self.patch_size,) * 2,
+                              dtype=self.dtype, name='patch_embed')(x)
         x = x.reshape(x.shape[0], -1, self.hidden_size)
         cls = self.param('cls_token', nn.with_logical_partitioning(
             nn.initializers.zeros, (None, None, 'embed')), (1, 1, self.hidden_size))
@@ -101,17 +95,25 @@ class VideoViT(nn.Module):
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
-        layer_args = [dict(
-            num_heads=self.num_heads, mlp_dim=self.mlp_dim, num_frames=self.num_frames,
-            temporal=self.temporal, shift_div=self.shift_div, dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.attention_dropout_rate,
-            drop_path_rate=self.drop_path_rate * i / max(self.num_layers - 1, 1),
-            layer_norm_eps=self.layer_norm_eps, dtype=self.dtype,
-            attention_implementation=self.attention_implementation, fused_qkv=self.fused_qkv)
+        norm = functools.partial(layers.layer_norm, self.layer_norm_eps, dtype=self.dtype)
+        # One partial of each kind for all layers: `apply_layers` scans runs of equal arguments.
+        block = dict(
+            attention=functools.partial(
+                layers.SelfAttention, num_heads=self.num_heads,
+                attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
+                implementation=self.attention_implementation, fused_qkv=self.fused_qkv),
+            mlp=functools.partial(layers.Mlp, hidden_dim=self.mlp_dim,
+                                  dropout_rate=self.dropout_rate, dtype=self.dtype),
+            norm=norm, dropout_rate=self.dropout_rate,
+            token_shift=(functools.partial(TokenShift, num_frames=self.num_frames,
+                                           shift_div=self.shift_div)
+                         if self.temporal == 'token_shift' else None))
+        layer_args = [
+            dict(block, drop_path_rate=self.drop_path_rate * i / max(self.num_layers - 1, 1))
             for i in range(self.num_layers)]
         x = layers.apply_layers(self, EncoderBlock, layer_args, x, not train, name='layer',
                                 remat=self.remat, scan=self.scan_layers)
-        x = layers.layer_norm(self.layer_norm_eps, self.dtype, name='encoder_norm')(x)
+        x = norm(name='encoder_norm')(x)
         features = x[:, 0].reshape(batch, frames, self.hidden_size)
         head_init = nn.initializers.zeros if self.head_zero_init else layers.default_kernel_init
         logits = layers.dense(self.num_classes, ('embed', 'classes'), dtype=self.dtype,

@@ -11,6 +11,7 @@ through a small temporal transformer head. Official quirks reproduced by default
     resized in every forward pass with PyTorch's bicubic kernel (A = -0.75, scale = size / 224);
   - the head uses LayerNorm eps 1e-5 and a bias-free qkv, the backbone eps 1e-6 with qkv bias.
 """
+import functools
 import math
 from typing import Any, Optional, Sequence
 
@@ -44,32 +45,20 @@ def torch_bicubic_matrix(in_size: int, scale_factor: float) -> np.ndarray:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; `mix` turns on space-time mixing of its keys/values."""
-    num_heads: int
-    mlp_dim: int
-    mix: bool = False
-    num_segments: int = 8
-    shift_div: int = 8
-    qkv_bias: bool = True
-    layer_norm_eps: float = 1e-6
-    attention_dropout_rate: float = 0.0
+    """Pre-norm transformer block."""
+    attention: Any          # partial of SpaceTimeMixingAttention, missing only `name`
+    mlp: Any                # partial of layers.Mlp, missing only `name`
+    norm: Any               # partial of layers.layer_norm, missing only `name`
     drop_path_rate: float = 0.0
-    dtype: Any = jnp.float32
-    attention_implementation: str = 'xla'
-    fused_qkv: bool = False
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
-        y = layers.layer_norm(self.layer_norm_eps, self.dtype, name='norm1')(x)
-        y = SpaceTimeMixingAttention(
-            self.num_heads, qkv_bias=self.qkv_bias,
-            attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
-            implementation=self.attention_implementation, fused_qkv=self.fused_qkv, mix=self.mix,
-            num_segments=self.num_segments, shift_div=self.shift_div, name='attn')(y, deterministic)
-        x = x + layers.DropPath(self.drop_path_rate)(y, deterministic)
-        y = layers.layer_norm(self.layer_norm_eps, self.dtype, name='norm2')(x)
-        y = layers.Mlp(self.mlp_dim, 0.0, self.dtype, name='mlp')(y, deterministic)
-        x = x + layers.DropPath(self.drop_path_rate)(y, deterministic)
+        y = self.norm(name='norm1')(x)
+        y = self.attention(name='attn')(y, deterministic)
+        x = x + layers.DropPath(rate=self.drop_path_rate)(y, deterministic)
+        y = self.norm(name='norm2')(x)
+        y = self.mlp(name='mlp')(y, deterministic)
+        x = x + layers.DropPath(rate=self.drop_path_rate)(y, deterministic)
         return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
 
@@ -90,11 +79,16 @@ class TemporalHead(nn.Module):
         cls = self.param('cls_token', nn.with_logical_partitioning(
             nn.initializers.zeros, (None, None, 'embed')), (1, 1, dim))
         x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, dim)).astype(x.dtype), x], axis=1)
-        for i in range(self.num_layers):
+        norm = functools.partial(layers.layer_norm, self.layer_norm_eps, dtype=self.dtype)
+        block = functools.partial(
+            Block, norm=norm,
+            attention=functools.partial(SpaceTimeMixingAttention, num_heads=self.num_heads,
+                                        qkv_bias=False, dtype=self.dtype),
             # The head blocks have the official fixed mlp_ratio 4.
-            x = Block(self.num_heads, 4 * dim, qkv_bias=False, layer_norm_eps=self.layer_norm_eps,
-                      dtype=self.dtype, name=f'blocks_{i}')(x, deterministic)
-        y = layers.layer_norm(self.layer_norm_eps, self.dtype, name='mlp_head_norm')(x[:, 0])
+            mlp=functools.partial(layers.Mlp, hidden_dim=4 * dim, dtype=self.dtype))
+        for i in range(self.num_layers):
+            x = block(name=f'blocks_{i}')(x, deterministic)
+        y = norm(name='mlp_head_norm')(x[:, 0])
         y = layers.dense(self.mlp_dim, ('embed', 'mlp'), dtype=self.dtype, name='mlp_head_fc1')(y)
         y = nn.gelu(y, approximate=False)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
@@ -127,7 +121,8 @@ class XViT(nn.Module):
     remat: bool = False
     dtype: Any = jnp.float32
     # Fast paths that change how, not what, the model computes (docs/performance.md).
-    attention_implementation: str = 'xla'  # layers.ATTENTION_IMPLEMENTATIONS (backbone only)
+    # kernels.attention.ATTENTION_IMPLEMENTATIONS (backbone only)
+    attention_implementation: str = 'xla'
     fused_qkv: bool = False
     scan_layers: bool = False
 
@@ -163,7 +158,7 @@ class XViT(nn.Module):
         batch, frames = video.shape[:2]
         d = self.hidden_size
         x = video.reshape(batch * frames, *video.shape[2:]).astype(self.dtype)
-        x = layers.PatchEmbed(d, (self.patch_size, self.patch_size), self.dtype,
+        x = layers.PatchEmbed(embed_dim=d, patch_size=(self.patch_size,) * 2, dtype=self.dtype,
                               name='patch_embed')(x)
         grid = self.pos_embed_image_size // self.patch_size
         pos = self.param('pos_embed', nn.with_logical_partitioning(
@@ -187,19 +182,27 @@ class XViT(nn.Module):
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
         mixing = set(range(self.num_layers) if self.mixing_layers is None else self.mixing_layers)
-        layer_args = [dict(
-            num_heads=self.num_heads, mlp_dim=self.mlp_dim, mix=i in mixing,
-            num_segments=self.num_segments, shift_div=self.shift_div,
-            layer_norm_eps=self.layer_norm_eps, attention_dropout_rate=self.attention_dropout_rate,
-            drop_path_rate=self.drop_path_rate * i / max(self.num_layers - 1, 1), dtype=self.dtype,
-            attention_implementation=self.attention_implementation, fused_qkv=self.fused_qkv)
-            for i in range(self.num_layers)]
+        norm = functools.partial(layers.layer_norm, self.layer_norm_eps, dtype=self.dtype)
+        # One partial of each kind for all layers: `apply_layers` scans runs of equal arguments.
+        attention = functools.partial(
+            SpaceTimeMixingAttention, num_heads=self.num_heads,
+            attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
+            implementation=self.attention_implementation, fused_qkv=self.fused_qkv)
+        mixing_attention = functools.partial(attention, mix=True, num_segments=self.num_segments,
+                                             shift_div=self.shift_div)
+        mlp = functools.partial(layers.Mlp, hidden_dim=self.mlp_dim, dtype=self.dtype)
+        layer_args = [dict(attention=mixing_attention if i in mixing else attention, mlp=mlp,
+                           norm=norm,
+                           drop_path_rate=self.drop_path_rate * i / max(self.num_layers - 1, 1))
+                      for i in range(self.num_layers)]
         x = layers.apply_layers(self, Block, layer_args, x, not train, name='blocks',
                                 remat=self.remat, scan=self.scan_layers)
-        x = layers.layer_norm(self.layer_norm_eps, self.dtype, name='norm')(x)
+        x = norm(name='norm')(x)
         features = x[:, 0].reshape(batch, frames, d)
-        logits = TemporalHead(self.num_classes, self.head_num_layers, self.head_num_heads,
-                              self.head_mlp_dim, self.dropout_rate, self.head_layer_norm_eps,
-                              self.dtype, name='temporal_head')(features, not train)
+        logits = TemporalHead(num_classes=self.num_classes, num_layers=self.head_num_layers,
+                              num_heads=self.head_num_heads, mlp_dim=self.head_mlp_dim,
+                              dropout_rate=self.dropout_rate,
+                              layer_norm_eps=self.head_layer_norm_eps, dtype=self.dtype,
+                              name='temporal_head')(features, not train)
         logits = logits.astype(jnp.float32)
         return (logits, features) if return_features else logits
