@@ -82,3 +82,21 @@ def test_cli_missing_config_file(tmp_path):
     out = subprocess.run([sys.executable, '-m', 'vtx.main', '--config', 'configs/no_such.py',
                           f'--workdir={tmp_path}'], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 2 and 'configs/no_such.py' in out.stderr and 'Traceback' not in out.stderr
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('def get_config(:\n    pass\n', 'syntax error at line 1: invalid syntax'),
+    ('from vtx import config\n\n\ndef get_config():\n    c = config.defaults()\n'
+     '    c.data.nope.x = 1\n    return c\n', "line 6: get_config() failed: AttributeError"),
+])
+def test_cli_config_file_that_fails_is_one_line(tmp_path, text, expected):
+    path = tmp_path / 'mine.py'
+    path.write_text(text)
+    out = subprocess.run([sys.executable, '-m', 'vtx.main', '--config', str(path),
+                          f'--workdir={tmp_path / "run"}'], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2 and 'Traceback' not in out.stderr
+    assert out.stderr.strip().splitlines() == [f'vtx-train: error: config file {path}: {expected}'
+                                               if 'syntax' in expected else
+                                               f'vtx-train: error: config file {path}, {expected}: '
+                                               '"\'nope\'"']
+    assert not (tmp_path / 'run').exists()

@@ -41,12 +41,20 @@ def resolve_config_flag(argv):
             break
         try:
             if arg.startswith('--config='):
-                argv[i] = '--config=' + vtx_config.resolve(arg[len('--config='):])
+                argv[i] = '--config=' + _loadable(arg[len('--config='):])
             elif arg == '--config' and i + 1 < len(argv):
-                argv[i + 1] = vtx_config.resolve(argv[i + 1])
+                argv[i + 1] = _loadable(argv[i + 1])
         except VtxError as e:
             fail(e)
     return argv
+
+
+def _loadable(name_or_path: str) -> str:
+    """The config file `name_or_path` means, after running it once: a file that fails to load is
+    one error line naming it and the line, not ml_collections' traceback."""
+    path = vtx_config.resolve(name_or_path)
+    vtx_config.get(path)
+    return path
 
 
 def fail(error) -> None:

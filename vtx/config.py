@@ -70,15 +70,33 @@ def _module(path: str):
         spec.loader.exec_module(module)
     except SyntaxError as e:
         raise ConfigError(f'config file {path}: syntax error at line {e.lineno}: {e.msg}') from None
+    except Exception as e:  # noqa: BLE001  any failure of the file is one line naming it
+        raise ConfigError(f'config file {path}{_line_in(e, path)}: {type(e).__name__}: {e}') from None
     if not hasattr(module, 'get_config'):
         raise ConfigError(f'config file {path} defines no get_config()')
     return module
 
 
+def _line_in(error: BaseException, path: str) -> str:
+    """', line N' of the innermost frame of `error` inside the file `path`, if any."""
+    import traceback
+    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+             if os.path.abspath(f.filename) == os.path.abspath(path)]
+    return f', line {lines[-1]}' if lines else ''
+
+
 def get(name_or_path: str) -> ml_collections.ConfigDict:
     """`get_config()` of a zoo config or config file, unchecked: what a config file inheriting
     from another one starts from."""
-    return _module(resolve(name_or_path)).get_config()
+    path = resolve(name_or_path)
+    module = _module(path)
+    try:
+        return module.get_config()
+    except VtxError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f'config file {path}{_line_in(e, path)}: get_config() failed: '
+                          f'{type(e).__name__}: {e}') from None
 
 
 def set_overrides(config: ml_collections.ConfigDict, overrides: Optional[dict]):
