@@ -54,12 +54,19 @@ def resolve(name_or_path: str) -> str:
     known = names()
     if name in known and os.path.dirname(name_or_path) in ('', 'configs'):
         return os.path.join(config_dir(), name + '.py')
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-    close += [k for k in known if name and name in k and k not in close]
-    hint = (f'close matches: {", ".join(close[:8])}' if close else
+    close = close_matches(name, known)
+    hint = (f'close matches: {", ".join(close)}' if close else
             f'the zoo configs are: {", ".join(known)}')
     raise ConfigError(f'--config {name_or_path}: no such file and no zoo config of that name; '
                       f'{hint}')
+
+
+def close_matches(name: str, known: List[str]) -> List[str]:
+    """Up to 8 of `known` that look like a mistyped `name`: near spellings, then names that
+    contain it."""
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    close += [k for k in known if name and name in k and k not in close]
+    return close[:8]
 
 
 def _module(path: str):

@@ -41,6 +41,10 @@ def cache_dir() -> str:
     return os.path.abspath(os.path.expanduser(os.environ.get(CACHE_ENV) or '~/.cache/vtx'))
 
 
+def downloads_dir() -> str:
+    return os.path.join(cache_dir(), 'downloads')
+
+
 def file_name(url: str) -> str:
     return os.path.basename(urllib.parse.urlparse(url).path)
 
@@ -131,7 +135,7 @@ def download(url: str, expected_sha256: Optional[str] = None, quiet: bool = Fals
     """The cached copy of `url` (from `$VTX_ZOO_MIRROR` when set), fetched if missing or if it no
     longer matches its checksum. A file that fails the published or recorded checksum is moved
     aside to `<file>.rejected` and nothing is cached. Returns the file's path."""
-    folder = os.path.join(cache_dir(), 'downloads')
+    folder = downloads_dir()
     os.makedirs(folder, exist_ok=True)
     name = file_name(url)
     path = os.path.join(folder, name)
@@ -158,7 +162,7 @@ def download(url: str, expected_sha256: Optional[str] = None, quiet: bool = Fals
 
 def cached_file(name: str) -> Optional[str]:
     """The cached download called `name`, if there is one that matches its recorded checksum."""
-    folder = os.path.join(cache_dir(), 'downloads')
+    folder = downloads_dir()
     path = os.path.join(folder, name)
     if not os.path.exists(path):
         return None
@@ -171,7 +175,7 @@ def add_local_file(path: str, name: str) -> str:
     against the checksum recorded for that name if there is one. Returns the cached path."""
     if not os.path.isfile(path):
         raise DownloadError(f'{path}: no such file')
-    folder = os.path.join(cache_dir(), 'downloads')
+    folder = downloads_dir()
     os.makedirs(folder, exist_ok=True)
     cached = os.path.join(folder, name)
     digest = sha256(path)

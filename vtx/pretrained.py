@@ -7,7 +7,6 @@ converted params (`$VTX_CACHE_DIR/converted/<name>/`); later loads use the cache
 network. Checkpoints whose official host needs a browser (Google Drive) are downloaded by hand and
 given once with `checkpoint=PATH` (`--checkpoint PATH`); they are cached the same way.
 """
-import difflib
 import os
 import shutil
 import sys
@@ -33,9 +32,9 @@ def is_zoo_name(name: str) -> bool:
 
 
 def close_matches_hint(name: str) -> str:
-    close = difflib.get_close_matches(name, zoo_names(), n=5, cutoff=0.5)
-    close += [n for n in zoo_names() if name and name in n and n not in close]
-    return f'; close zoo names: {", ".join(close[:8])}' if close else ''
+    from vtx.config import close_matches
+    close = close_matches(name, zoo_names())
+    return f'; close zoo names: {", ".join(close)}' if close else ''
 
 
 def _entry(name: str):
