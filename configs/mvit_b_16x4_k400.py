@@ -49,6 +49,7 @@ def get_config():
     c.data.eval_num_clips = 10
     c.data.eval_num_crops = 1
     c.data.eval_aggregation = 'probs'   # softmax scores summed over views
+    c.data.test_protocol = 'slowfast_stts'  # PyAV segment decode, offset sampling, 30 fps
 
     c.train.batch_size = 16
     c.train.num_epochs = 20

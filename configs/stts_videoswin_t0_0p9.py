@@ -46,6 +46,7 @@ def get_config():
     c.data.eval_num_clips = 4
     c.data.eval_num_crops = 3
     c.data.eval_aggregation = 'probs'
+    c.data.test_protocol = 'mmaction'  # STTS's VideoSwin copy of mmaction's test pipeline
 
     c.train.batch_size = 512
     c.train.grad_accum_steps = 8

@@ -39,6 +39,7 @@ def get_config():
     c.data.eval_num_clips = 4
     c.data.eval_num_crops = 3
     c.data.eval_aggregation = 'probs'  # average_clips='prob': softmax per view, then mean
+    c.data.test_protocol = 'mmaction'  # decord, SampleFrames, cv2 Resize(-1, 224), ThreeCrop
 
     c.train.batch_size = 512  # 8 GPUs x 8 clips x update_interval 8 (apex O1 fp16)
     c.train.grad_accum_steps = 8

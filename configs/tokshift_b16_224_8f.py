@@ -36,6 +36,7 @@ def get_config():
     c.data.eval_num_clips = 10
     c.data.eval_num_crops = 3
     c.data.eval_aggregation = 'logits'
+    c.data.test_protocol = 'tokshift'  # 1-based JPEG folders, dense clips, PIL bicubic, 3 crops
 
     # 21 clips x 2 GPUs per iteration, an optimizer step every 10 iterations.
     c.train.batch_size = 420

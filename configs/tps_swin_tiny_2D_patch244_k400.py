@@ -39,6 +39,7 @@ def get_config():
     c.data.eval_num_clips = 4
     c.data.eval_num_crops = 3
     c.data.eval_aggregation = 'probs'  # average_clips='prob': softmax per view, then mean
+    c.data.test_protocol = 'mmaction'  # TPS runs Video Swin's mmaction test pipeline
 
     c.train.batch_size = 64  # 8 GPUs x 8 clips (apex O1 fp16)
     c.train.num_epochs = 30

@@ -43,6 +43,7 @@ def get_config():
     c.data.eval_num_clips = 1
     c.data.eval_num_crops = 3
     c.data.eval_aggregation = 'logits'  # the official sums raw logits over views
+    c.data.test_protocol = 'slowfast_xvit'  # JPEG frames from .h5, SlowFast linspace + crops
 
     c.train.batch_size = 64  # 8 GPUs x 8
     c.train.num_epochs = 30

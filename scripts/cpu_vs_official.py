@@ -9,10 +9,13 @@ is forward + cross-entropy + backward + SGD with momentum 0.9 with dropout/drop-
 Each model runs both modes back to back. The official medians (min) are read from the baseline's
 results table, matched by its model and config columns; speed-up = official median / vtx median.
 
-The shared machine's speed drifts between sessions (its matmul peak has measured 150-480 GFLOP/s),
-so where torch is installed the script also times the baseline's own reference, a 2048^2 float32
-`torch.matmul` on 2 threads, before and after, next to the baseline's figure for it: their ratio
-says how much faster the machine is now than when the official code was timed.
+Both sides get the same compute resources: `--threads` (default 2, as the baseline's
+`torch.set_num_threads(2)`) pins this process to that many CPUs before JAX starts, which sizes
+XLA:CPU's thread pools, and torch runs on as many. The shared machine's speed drifts (its matmul
+rate has measured 45-480 GFLOP/s), so before each model the script measures XLA's and torch's
+2048^2 float32 matmul on those threads and prints them on the model's rows; the baseline's own
+torch.matmul figure is printed once next to them: their ratio says how much faster the machine
+is now than when the official code was timed.
 """
 import argparse
 import json
@@ -20,14 +23,14 @@ import os
 import re
 import statistics
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from scripts.fast_paths import BASELINE_STEP, size_overrides  # noqa: E402
-from vtx import benchmark, report  # noqa: E402
+from vtx import benchmark, report, xla_flags  # noqa: E402
 from vtx import config as vtx_config  # noqa: E402
+from vtx.errors import VtxError  # noqa: E402
 
 # short name -> (config, vtx fast paths used, how the baseline's table names the model)
 MODELS = {
@@ -71,42 +74,32 @@ def baseline_torch_peak(path: str):
     return statistics.median(values) if values else None
 
 
-def torch_matmul_peak():
-    """GFLOP/s of the baseline's reference: 2048^2 float32 torch.matmul, 2 threads, median of 10
-    after 2 warm-ups; None without torch."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(2)
-    a, b = torch.ones(2048, 2048), torch.ones(2048, 2048)
-    times = []
-    for i in range(12):
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return 2 * 2048 ** 3 / statistics.median(times) / 1e9
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--baseline', default=os.path.join(REPO, '..', 'shared', 'perf',
                                                            'official_cpu_baseline.md'))
     parser.add_argument('--sizes', default='full,small')
     parser.add_argument('--models', default=','.join(MODELS))
+    parser.add_argument('--threads', type=int, default=2,
+                        help='CPUs for XLA:CPU and torch (the baseline ran torch on 2 threads)')
     parser.add_argument('--json', action='store_true')
     args = parser.parse_args(argv)
+    try:
+        xla_flags.pin_threads(args.threads)
+    except VtxError as e:
+        print(f'vtx: error: {e}', file=sys.stderr)
+        sys.exit(2)
+    host = xla_flags.host()
+    print(f"{host['cpu_model']}: {host['threads']} of {host['cpus_online']} CPUs for XLA:CPU and "
+          f"torch; XLA_FLAGS={host['xla_flags']!r}", flush=True)
     official = official_times(args.baseline)
-    torch_before, torch_then = torch_matmul_peak(), baseline_torch_peak(args.baseline)
-    if torch_before and torch_then:
-        print(f'torch.matmul 2048^2 now {torch_before:.0f} GFLOP/s; when the baseline ran '
-              f'{torch_then:.0f} GFLOP/s (ratio {torch_before / torch_then:.2f})', flush=True)
-    peak = benchmark.matmul_peak('float32')
-    print(f"matmul peak {peak['flops_per_sec'] / 1e9:.0f} GFLOP/s (2048^2 float32)", flush=True)
+    torch_then = baseline_torch_peak(args.baseline)
+    if torch_then:
+        print(f'torch.matmul 2048^2 when the baseline ran: {torch_then:.0f} GFLOP/s', flush=True)
     if not args.json:
         print('| model | size | mode | official median (min) s | vtx median (min) s | speed-up | '
-              'vtx GMACs/step | vtx MFU | vtx XLA peak |\n|---|---|---|---|---|---|---|---|---|')
+              'vtx GMACs/step | vtx MFU | vtx XLA peak | XLA / torch matmul GFLOP/s |\n'
+              '|---|---|---|---|---|---|---|---|---|---|')
     for size in args.sizes.split(','):
         for short in args.models.split(','):
             config_name, fast, _ = MODELS[short]
@@ -114,8 +107,11 @@ def main(argv=None):
                 continue  # TPS runs only 16 frame tokens: no small row (nor in the baseline)
             overrides = {**BASELINE_STEP, **size_overrides(config_name, size), **fast}
             config = vtx_config.load(config_name, overrides)
+            rates = benchmark.host_rates()
+            xla_rate = rates['peak']['flops_per_sec'] / 1e9
+            torch_rate = rates['torch_peak'] and rates['torch_peak']['flops_per_sec'] / 1e9
             for mode in report.MODES:
-                r = benchmark.benchmark(config, 1, mode, 1, STEPS[size], peak)
+                r = benchmark.benchmark(config, 1, mode, 1, STEPS[size], rates['peak'])
                 ref = official.get((short, size, MODE_NAMES[mode]))
                 row = {'model': short, 'config': config_name, 'size': size, 'mode': mode,
                        'overrides': fast, 'vtx_median_s': r['step_s_median'],
@@ -123,7 +119,9 @@ def main(argv=None):
                        'official_min_s': ref and ref[1],
                        'speedup': ref and ref[0] / r['step_s_median'],
                        'gmacs_per_step': r['macs_per_step'] / 1e9, 'mfu': r['mfu'],
-                       'peak_memory_bytes_xla': r['peak_memory_bytes_xla']}
+                       'peak_memory_bytes_xla': r['peak_memory_bytes_xla'], 'host': r['host'],
+                       'xla_matmul_gflops': xla_rate, 'torch_matmul_gflops': torch_rate,
+                       'compile_s': r['compile_s']}
                 if args.json:
                     print(json.dumps(row), flush=True)
                     continue
@@ -133,12 +131,8 @@ def main(argv=None):
                       + f"{r['step_s_median']:.3f} ({r['step_s_min']:.3f}) | "
                       + (f"{row['speedup']:.2f} | " if ref else '– | ')
                       + f"{row['gmacs_per_step']:.2f} | {100 * r['mfu']:.0f}% | "
-                      f"{r['peak_memory_bytes_xla'] / 2**30:.1f} GiB |", flush=True)
-    peak_after = benchmark.matmul_peak('float32')
-    print(f"matmul peak after: {peak_after['flops_per_sec'] / 1e9:.0f} GFLOP/s", flush=True)
-    torch_after = torch_matmul_peak()
-    if torch_after:
-        print(f'torch.matmul 2048^2 after: {torch_after:.0f} GFLOP/s', flush=True)
+                      f"{r['peak_memory_bytes_xla'] / 2**30:.1f} GiB | {xla_rate:.0f} / "
+                      + (f'{torch_rate:.0f} |' if torch_rate else '– |'), flush=True)
 
 
 if __name__ == '__main__':

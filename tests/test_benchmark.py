@@ -6,6 +6,7 @@ import pytest
 
 from tests.test_report import REPO, TINY, analytic_vit, tiny_config
 from vtx import benchmark
+from vtx.errors import VtxError
 
 
 @pytest.fixture(scope='module')
@@ -42,18 +43,23 @@ def test_remat_counts_model_work_for_mfu(peak):
 
 
 def test_cli_json_lines(capsys):
+    threads = len(os.sched_getaffinity(0))  # pinning to all keeps the test process as it was
     benchmark.main(['--config', os.path.join(REPO, 'configs', 'demo.py'), '--steps', '2', '--json',
-                    '--batch', '1', '--peak_size', '256'] + [f'--config.{k}={v}' for k, v in TINY.items()])
+                    '--batch', '1', '--peak_size', '256', '--threads', str(threads)]
+                   + [f'--config.{k}={v}' for k, v in TINY.items()])
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r['mode'] for r in lines] == ['forward', 'train']
-    assert lines[0]['peak'] == lines[1]['peak']  # one peak measurement per run
+    assert lines[0]['peak'] == lines[1]['peak'] == lines[0]['rates']['peak']  # one per run
+    assert lines[0]['host']['threads'] == lines[0]['rates']['threads'] == threads
+    torch_peak = lines[0]['rates']['torch_peak']
+    assert torch_peak is None or (torch_peak['threads'] == threads and torch_peak['size'] == 256)
     assert all(r['clips_per_sec'] > 0 and r['overrides']['model.num_layers'] == 2 for r in lines)
 
 
 # Fast paths that change how a result is computed (not what): every official parity case whose
-# model takes the field must still pass with it switched on.
-FAST_PATHS = {'pool_implementation': 'shifted_sum', 'fused_qkv': True, 'scan_layers': True,
-              'attention_implementation': 'jax'}
+# model takes the field must still pass with it switched on. MViT's shifted_sum pooling is the
+# default, so tests/test_parity.py checks it, and tests/test_kernels.py ties it to the convolution.
+FAST_PATHS = {'fused_qkv': True, 'scan_layers': True, 'attention_implementation': 'jax'}
 
 
 def _parity_cases():
@@ -89,3 +95,33 @@ def test_fast_paths_keep_official_parity(field):
         assert result['passed'], result
         checked.append(os.path.basename(case))
     assert checked, f'no parity case has a model with field {field!r}'
+
+
+def test_threads_flag_pins_and_records(monkeypatch):
+    from vtx import xla_flags
+    kept = []
+    monkeypatch.setattr(xla_flags, 'backends_started', lambda: False)
+    monkeypatch.setattr(xla_flags.os, 'sched_setaffinity', lambda pid, cpus: kept.append(cpus))
+    available = sorted(os.sched_getaffinity(0))
+    assert xla_flags.pin_threads(1) == available[:1] and kept == [available[:1]]
+    for bad in (0, len(available) + 1):
+        with pytest.raises(VtxError, match=f'--threads {bad}: this process may use 1 to'):
+            xla_flags.pin_threads(bad)
+
+
+def test_threads_flag_refused_after_jax_started(peak):
+    from vtx import xla_flags
+    available = len(os.sched_getaffinity(0))
+    if available == 1:
+        pytest.skip('one CPU: any pin equals the current one')
+    with pytest.raises(VtxError, match='already started its backends'):
+        xla_flags.pin_threads(1)
+
+
+def test_default_xla_flags_leave_the_users(monkeypatch):
+    from vtx import xla_flags
+    monkeypatch.setattr(xla_flags, 'backends_started', lambda: False)
+    monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_enable_fast_math=false')
+    added = xla_flags.apply_defaults({'xla_cpu_enable_fast_math': 'true', 'xla_cpu_max_isa': 'AVX2'})
+    assert added == ['--xla_cpu_max_isa=AVX2']
+    assert os.environ['XLA_FLAGS'] == '--xla_cpu_enable_fast_math=false --xla_cpu_max_isa=AVX2'

@@ -53,9 +53,11 @@ def test_sum_to_shape_sums_over_the_broadcast_axes(shape, target):
 # --------------------------------------------------------------------------- pooling
 
 @pytest.mark.parametrize('kernel,strides', [((3, 3, 3), (1, 1, 1)), ((3, 3, 3), (1, 2, 2)),
-                                            ((3, 3, 3), (2, 4, 4)), ((1, 3, 3), (1, 8, 8))])
+                                            ((3, 3, 3), (2, 4, 4)), ((1, 3, 3), (1, 8, 8)),
+                                            ((3, 3, 3), (1, 8, 8))])
 def test_shifted_sum_conv_is_the_depthwise_convolution(kernel, strides):
-    """Same parameters as nn.Conv's own convolution and the same output up to float rounding."""
+    """Same parameters as nn.Conv's own convolution, the same output and gradients up to float
+    rounding."""
     channels = 5
     x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 4, 9, 8, channels)), jnp.float32)
 
@@ -66,10 +68,14 @@ def test_shifted_sum_conv_is_the_depthwise_convolution(kernel, strides):
     params = conv().init(jax.random.PRNGKey(0), x)
     shifted_params = conv(conv_general_dilated=shifted_sum_conv).init(jax.random.PRNGKey(0), x)
     jax.tree.map(np.testing.assert_array_equal, shifted_params, params)
-    reference = conv().apply(params, x)
-    out = conv(conv_general_dilated=shifted_sum_conv).apply(params, x)
+    reference, reference_vjp = jax.vjp(conv().apply, params, x)
+    out, vjp = jax.vjp(conv(conv_general_dilated=shifted_sum_conv).apply, params, x)
     assert out.shape == reference.shape
     np.testing.assert_allclose(out, reference, rtol=1e-5, atol=1e-5)
+    # The hand-written backward against the convolution's autodiff, for the input and the weights.
+    grad = jnp.asarray(np.random.default_rng(4).normal(size=out.shape), jnp.float32)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+                 vjp(grad), reference_vjp(grad))
 
 
 def test_shifted_sum_conv_refuses_a_dense_convolution():

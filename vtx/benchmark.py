@@ -1,7 +1,12 @@
 """Speed benchmark: clips/s, step time, achieved FLOP/s and MFU of a config's forward or train step.
 
 `python -m vtx.benchmark --config configs/X.py [--batch N] [--mode forward|train] [--json]
- [--warmup 1] [--steps 7] [--config.model.dtype=bfloat16 ...]`
+ [--warmup 1] [--steps 7] [--threads N] [--config.model.dtype=bfloat16 ...]`
+
+`--threads N` pins the process to N CPUs before JAX starts, which sizes XLA:CPU's thread pools
+(`vtx.xla_flags.pin_threads`). Every result records the host and, from the CLI, XLA's matmul
+rate and (on CPU, where torch is installed) torch's 2048^2 float32 one, measured in the same
+process on the same threads, so that a CPU figure can be set against the official PyTorch code's.
 
 The timed functions are the ones that train and serve: `train_step` and `forward` of
 `vtx.steps.build` (the state and the batch sharded over every device as in training). Each step
@@ -19,7 +24,9 @@ Fast paths are config fields, so each is benchmarked by an override, e.g.
 `--config.model.pool_implementation=shifted_sum` (MViT pooling without grouped convolutions).
 """
 import argparse
+import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
@@ -29,16 +36,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from vtx import config as vtx_config
-from vtx import report
+from vtx import report, xla_flags
 from vtx.steps import Steps, input_shape  # not `steps`: benchmark() has a `steps` count
 from vtx.errors import VtxError
-from vtx.models import COMPUTE_DTYPES, IMPLEMENTATION_FIELDS
+from vtx.models import IMPLEMENTATION_FIELDS, resolve_dtype
 
 def compute_dtype(config) -> str:
-    name = str(config.model.get('dtype', 'float32'))
-    if name not in COMPUTE_DTYPES:
-        raise VtxError(f'config.model.dtype={name!r}: use one of {sorted(COMPUTE_DTYPES)}')
-    return name
+    return resolve_dtype(config.model.get('dtype', 'float32'))
 
 
 def _timed(fn, repeats: int) -> list[float]:
@@ -67,6 +71,44 @@ def matmul_peak(dtype: str, size: int | None = None, warmup: int = 2, repeats: i
     return {'size': size, 'dtype': jnp.dtype(dtype).name, 'devices': len(devices),
             'flops_per_sec': flops / statistics.median(times),
             'flops_per_sec_max': flops / min(times)}
+
+
+def torch_matmul_peak(size: int = 2048, warmup: int = 2, repeats: int = 10) -> dict | None:
+    """FLOP/s of a [size, size] @ [size, size] float32 `torch.matmul` on as many threads as this
+    process may use (what the official code runs on), median of `repeats`; None without torch."""
+    if importlib.util.find_spec('torch') is None:
+        return None
+    import torch
+    threads = len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    a, b = torch.ones(size, size), torch.ones(size, size)
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return {'size': size, 'dtype': 'float32', 'threads': threads,
+            'flops_per_sec': 2 * size ** 3 / statistics.median(times),
+            'flops_per_sec_max': 2 * size ** 3 / min(times)}
+
+
+def host_rates(dtype: str = 'float32', size: int | None = None) -> dict:
+    """This process's compute resources with XLA's matmul rate in `dtype` and, on CPU, torch's
+    float32 one, measured now on the same threads."""
+    on_cpu = jax.default_backend() == 'cpu'
+    return {**xla_flags.host(), 'peak': matmul_peak(dtype, size),
+            'torch_peak': torch_matmul_peak(size or 2048) if on_cpu else None}
+
+
+def format_rates(rates: dict) -> str:
+    torch_peak = rates['torch_peak']
+    return (f"{rates['cpu_model']}, {rates['threads']} of {rates['cpus_online']} CPUs; "
+            f"{rates['peak']['size']}^2 {rates['peak']['dtype']} matmul: XLA "
+            f"{rates['peak']['flops_per_sec'] / 1e9:.0f} GFLOP/s"
+            + (f", torch {torch_peak['flops_per_sec'] / 1e9:.0f} GFLOP/s ({torch_peak['threads']}"
+               ' threads)' if torch_peak else '')
+            + (f"; XLA_FLAGS={rates['xla_flags']!r}" if rates['xla_flags'] else ''))
 
 
 def _random_batch(built: Steps, batch: int):
@@ -118,7 +160,7 @@ def benchmark(config, batch: int = 1, mode: str = 'train', warmup: int = 1, step
     achieved = 2 * useful_macs / median
     return {
         'model': config.model.name, 'mode': mode, 'batch': batch, 'dtype': dtype,
-        'backend': jax.default_backend(), 'devices': jax.device_count(),
+        'backend': jax.default_backend(), 'devices': jax.device_count(), 'host': xla_flags.host(),
         'device_kind': jax.devices()[0].device_kind,
         'input_shape_per_view': list(input_shape(config, 1)),
         'fast_paths': {k: config.model[k] for k in IMPLEMENTATION_FIELDS
@@ -149,7 +191,8 @@ def format_result(r: dict) -> str:
             f"{r['achieved_xla_flops_per_sec'] / 1e9:.1f}); peak {r['peak']['flops_per_sec'] / 1e9:.1f}"
             f" GFLOP/s ({r['peak']['size']}^2 {r['peak']['dtype']} matmul); MFU {100 * r['mfu']:.1f}%"
             f"\n  peak memory {mem / 2**20:.1f} MiB"
-            + (' (device)' if r['peak_memory_bytes_device'] else ' (XLA memory analysis)'))
+            + (' (device)' if r['peak_memory_bytes_device'] else ' (XLA memory analysis)')
+            + (f"\n  host: {format_rates(r['rates'])}" if 'rates' in r else ''))
 
 
 def main(argv=None):
@@ -164,13 +207,19 @@ def main(argv=None):
     parser.add_argument('--steps', type=int, default=7, help='timed steps')
     parser.add_argument('--peak_size', type=int, default=None,
                         help='side of the peak-FLOP/s matmul (default 2048 on CPU, 8192 otherwise)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help="CPUs this process (XLA:CPU's and torch's thread pools) may use "
+                             '(default: all it is allowed)')
     parser.add_argument('--json', action='store_true', help='print JSON lines instead of text')
     args = parser.parse_args(rest)
     try:
+        if args.threads is not None:
+            xla_flags.pin_threads(args.threads)
         config = vtx_config.load(args.config, overrides)
-        peak = matmul_peak(compute_dtype(config), args.peak_size)
+        rates = host_rates(compute_dtype(config), args.peak_size)
         for mode in args.mode or report.MODES:
-            result = benchmark(config, args.batch, mode, args.warmup, args.steps, peak)
+            result = benchmark(config, args.batch, mode, args.warmup, args.steps, rates['peak'])
+            result['rates'] = rates
             result['config'] = args.config
             result['overrides'] = overrides
             print(json.dumps(result) if args.json else format_result(result), flush=True)

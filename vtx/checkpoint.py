@@ -3,14 +3,26 @@
 A *params checkpoint* is what `vtx-convert` writes and what `--config.init_from` reads:
 a folder with `params/` (orbax) and `vtx_params.json` (the model config it was made for, plus
 free-form metadata such as label names and the source file).
+
+A training workdir is written by one trainer at a time (`WorkdirLock`), and its checkpoints are
+read newest first, falling back past steps whose files cannot be read (`restore_newest`).
 """
+import contextlib
+import dataclasses
+import fcntl
 import json
+import logging
 import os
+import socket
+import sys
+import time
+from typing import List, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vtx import models
 from vtx.errors import VtxError
 
 PARAMS_META = 'vtx_params.json'
@@ -51,11 +63,11 @@ def load_params(directory: str, abstract_params=None):
             return ckptr.restore(os.path.join(directory, 'params')), meta
         stored = ckptr.metadata(os.path.join(directory, 'params'))
         stored = getattr(stored, 'item_metadata', stored)
-        _check_same_tree(stored, abstract_params, directory)
+        check_same_tree(stored, abstract_params, directory)
         return ckptr.restore(os.path.join(directory, 'params'), abstract_params), meta
 
 
-def _check_same_tree(stored, expected, where):
+def check_same_tree(stored, expected, where):
     flat_stored = {jax.tree_util.keystr(k): v.shape for k, v in
                    jax.tree_util.tree_leaves_with_path(stored)}
     flat_expected = {jax.tree_util.keystr(k): v.shape for k, v in
@@ -76,35 +88,164 @@ def _check_same_tree(stored, expected, where):
 
 def load_any_params(path: str, abstract_params):
     """(params, metadata) from a params checkpoint, or from a training workdir: the params of its
-    newest checkpoint (the optimizer state is not read), with {'model': ..., 'step': ...} from
-    the workdir's config.json as metadata. `abstract_params` gives the expected tree."""
+    newest readable checkpoint (the optimizer state is not read), with {'model': ..., 'step': ...}
+    from the workdir's config.json as metadata. `abstract_params` gives the expected tree.
+    Reading a workdir changes nothing in it: an unreadable newer step is named and skipped."""
     path = os.path.abspath(path)
     if is_params_checkpoint(path):
         return load_params(path, abstract_params)
-    steps_dir = os.path.join(path, 'checkpoints')
-    steps = sorted(int(d) for d in (os.listdir(steps_dir) if os.path.isdir(steps_dir) else ())
-                   if d.isdigit() and os.path.isdir(os.path.join(steps_dir, d, 'default')))
-    if not steps:
+    wanted = {'params': abstract_params}
+
+    def restore(item):
+        with ocp.PyTreeCheckpointer() as ckptr:
+            stored = ckptr.metadata(item)
+            stored = getattr(stored, 'item_metadata', stored)
+            stored = getattr(stored, 'tree', stored)
+            if 'params' not in stored:
+                raise CheckpointError(f'{item} holds no params (keys: {sorted(stored)})')
+            check_same_tree(stored['params'], abstract_params, item)
+            return ckptr.restore(item, args=ocp.args.PyTreeRestore(
+                wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+                partial_restore=True))['params']
+
+    step, params = restore_newest(path, restore, set_aside=False)
+    if step is None:
         raise CheckpointError(f'{path} is neither a vtx params checkpoint (no {PARAMS_META}) nor '
                               'a training workdir with a finished checkpoint in checkpoints/<step>')
-    item = os.path.join(steps_dir, str(steps[-1]), 'default')
-    wanted = {'params': abstract_params}
-    with ocp.PyTreeCheckpointer() as ckptr:
-        stored = ckptr.metadata(item)
-        stored = getattr(stored, 'item_metadata', stored)
-        stored = getattr(stored, 'tree', stored)
-        if 'params' not in stored:
-            raise CheckpointError(f'{item} holds no params (keys: {sorted(stored)})')
-        _check_same_tree(stored['params'], abstract_params, item)
-        restored = ckptr.restore(item, args=ocp.args.PyTreeRestore(
-            wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
-            partial_restore=True))
-    meta = {'step': steps[-1]}
+    meta = {'step': step}
     config_path = os.path.join(path, 'config.json')
     if os.path.isfile(config_path):
         with open(config_path) as f:
             meta['model'] = json.load(f).get('model')
-    return restored['params'], meta
+    return params, meta
+
+
+# Where a trainer moves the checkpoints it cannot read: out of orbax's sight, nothing deleted.
+SET_ASIDE = 'checkpoints_unreadable'
+
+
+def restore_newest(workdir: str, restore, set_aside: bool):
+    """(step, restore(<workdir>/checkpoints/<step>/default)) for the newest step that reads, or
+    (None, None) when there is no checkpoint.
+
+    A step that fails to read (a truncated or overwritten file, a missing folder) is named on
+    stderr with the reason and the next older one is tried. Once an older step has read, the
+    failed ones are moved to <workdir>/checkpoints_unreadable/ when `set_aside` (the trainer, so
+    that orbax neither lists them nor collides with them when it saves those steps again). When
+    no step reads, nothing is moved: the failure may lie outside the files (memory, devices), and
+    the error lists every step with its reason. A CheckpointError from `restore` (a readable
+    checkpoint of another model) is raised as it is: falling back would not help."""
+    ckpt_dir = os.path.join(workdir, 'checkpoints')
+    steps = sorted((int(d) for d in (os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else ())
+                    if d.isdigit()), reverse=True)
+    failed = []
+    for step in steps:
+        item = os.path.join(ckpt_dir, str(step), 'default')
+        try:
+            if not os.path.isdir(item):
+                raise FileNotFoundError(f'its folder {item} is missing')
+            with _orbax_quiet():
+                restored = restore(item)
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001  any failure to read a step's files
+            failed.append((step, _innermost_reason(e)))
+            print(f'vtx: checkpoint step {step} ({item}) cannot be read: {failed[-1][1]}',
+                  file=sys.stderr)
+            continue
+        for bad, _ in failed:
+            where = _set_aside(workdir, bad) if set_aside else 'left in place'
+            print(f'vtx: checkpoint step {bad}: {where}', file=sys.stderr)
+        if failed:
+            print(f'vtx: using checkpoint step {step}, the newest one that reads', file=sys.stderr)
+        return step, restored
+    if failed:
+        raise CheckpointError(f'no checkpoint in {ckpt_dir} can be read (' + '; '.join(
+            f'step {s}: {reason}' for s, reason in failed) + '); nothing was moved or deleted')
+    return None, None
+
+
+@contextlib.contextmanager
+def _orbax_quiet():
+    """Orbax warns on every read of a step's item folder that the step's metadata file is not in
+    it (it never is: it sits one level up); what fails is reported by restore_newest instead."""
+    absl_logger = logging.getLogger('absl')
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
+
+
+def _innermost_reason(error: BaseException) -> str:
+    """The first line of the innermost cause: orbax wraps TensorStore's error, which names the
+    file, in a long dump of its spec."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    text = (str(error).strip().splitlines() or [''])[0]
+    return f'{type(error).__name__}: {text[:400]}'
+
+
+def _set_aside(workdir: str, step: int) -> str:
+    target_dir = os.path.join(workdir, SET_ASIDE)
+    os.makedirs(target_dir, exist_ok=True)
+    target, n = os.path.join(target_dir, str(step)), 1
+    while os.path.exists(target):  # the same step may go bad again in a later run
+        n += 1
+        target = os.path.join(target_dir, f'{step}-{n}')
+    os.rename(os.path.join(workdir, 'checkpoints', str(step)), target)
+    return f'set aside as {target}'
+
+
+class WorkdirLock:
+    """One trainer per workdir: an exclusive flock on <workdir>/lock, which names its holder.
+
+    The kernel drops a flock when its holder exits in any way, SIGKILL included, so a lock left by
+    a killed run never blocks a restart; the file itself stays (deleting it would let a third
+    process lock a fresh file while a second still holds the old one)."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, 'lock')
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 1000, 0).decode(errors='replace').strip()
+            os.close(self._fd)
+            raise CheckpointError(f'--workdir {workdir} is in use by another trainer '
+                                  f'({holder or "its lock names no holder yet"}); wait for it to '
+                                  'finish, stop it, or use another --workdir') from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f'host {socket.gethostname()}, pid {os.getpid()}, since '
+                            f'{time.strftime("%Y-%m-%d %H:%M:%S %Z")}\n'.encode(), 0)
+
+    def release(self):
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+def model_differences(stored: Optional[dict], configured: dict) -> List[str]:
+    """Fields where the model a checkpoint was made for differs from config.model, each side
+    completed with the family's defaults. Dropout rates and how the model computes
+    (`IMPLEMENTATION_FIELDS`: dtype, attention kernel, remat, ...) do not change what the params
+    mean and are not compared."""
+    if not stored:
+        return []
+    if stored.get('name') != configured.get('name'):
+        return [f"name: checkpoint {stored.get('name')!r}, config {configured.get('name')!r}"]
+    defaults = {f.name: f.default for f in dataclasses.fields(models.model_class(configured['name']))
+                if f.default is not dataclasses.MISSING}
+    out = []
+    for key in sorted(set(stored) | set(configured)):
+        # STTS keep ratios (`*_left_ratio`) are chosen at inference: the scorers are the same.
+        if 'drop' in key or key in models.IMPLEMENTATION_FIELDS or key.endswith('_left_ratio'):
+            continue
+        a, b = stored.get(key, defaults.get(key)), configured.get(key, defaults.get(key))
+        if json.dumps(a, default=str) != json.dumps(b, default=str):
+            out.append(f'{key}: checkpoint {a!r}, config {b!r}')
+    return out
 
 
 def workdir_model(path: str):

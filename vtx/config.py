@@ -244,6 +244,14 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.eval_num_clips = 1
     c.data.eval_num_crops = 1
     c.data.eval_aggregation = 'logits'  # average 'logits' or softmax 'probs' over views
+    # The official test pipeline eval and vtx-predict follow (vtx.data.protocols): 'dmvr', or a
+    # zoo config's paper's ('mmaction', 'slowfast_xvit', 'slowfast_stts', 'tokshift').
+    c.data.test_protocol = 'dmvr'
+    # Exact evaluation from files: a CSV of `path,label[,num_frames]` (video files, XViT .h5
+    # files or TokShift frame folders; relative to the CSV) read instead of config.data.eval_shards
+    # by the config's (non-dmvr) test protocol, decoded in `eval_workers` processes (0: one per core).
+    c.data.eval_videos = ''
+    c.data.eval_workers = 0
     c.data.shuffle_buffer = 256
     # Input readers, each over a disjoint subset of the shards; the global batch is the
     # concatenation of their batches. 0: one per process. Fixing it makes the data order
@@ -299,5 +307,5 @@ def model_defaults(name: str) -> ml_collections.ConfigDict:
     fields = {f.name: f.default for f in dataclasses.fields(model_class(name))
               if f.name not in ('parent', 'name') and f.default is not dataclasses.MISSING}
     if 'dtype' in fields:
-        fields['dtype'] = 'float32'
+        fields['dtype'] = 'auto'  # bfloat16 on GPU/TPU, float32 on CPU: vtx.models.resolve_dtype
     return ml_collections.ConfigDict({'name': name, **fields})

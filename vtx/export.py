@@ -15,7 +15,6 @@ input shape, normalisation, test protocol and class names it needs.
 - savedmodel: PATH is a TF SavedModel (`jax2tf`, the StableHLO inside an XlaCallModule op; the
   params are tf.Variables) with signature 'serving_default': video -> logits.
 """
-import functools
 import json
 import os
 
@@ -65,7 +64,8 @@ def _output_fn(predictor, output: str):
     """(params, clips) -> float32 logits [B, K], or the embeddings [B, D] (`steps.eval_features`)."""
     from vtx import steps
     if output == 'features':
-        return functools.partial(steps.eval_features, predictor.model)
+        return lambda params, clips: steps.eval_features(predictor.model, params, clips).astype(
+            jnp.float32)  # under 'auto' precision a GPU computes in bfloat16
     return lambda params, clips: steps.eval_logits(predictor.model, params, clips).astype(jnp.float32)
 
 

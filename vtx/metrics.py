@@ -42,6 +42,7 @@ class MetricWriter:
                 f'{k}={v:.4f}' for k, v in record.items() if k not in ('step', 'split')))
 
     def advance(self, steps: int):
+        """Moves the bar by `steps` finished steps (not dispatched ones: JAX runs ahead)."""
         if self.active:
             self._bar.update(steps)
 
@@ -49,8 +50,11 @@ class MetricWriter:
         if self.active:
             tqdm.tqdm.write(text)
 
-    def close(self):
+    def close(self, summary: str = ''):
+        """Closes the files; `summary` (where the outputs went) is printed below the bar."""
         if self.active:
             self._bar.close()
             self._jsonl.close()
             self._tb.close()
+            if summary:
+                print(summary)

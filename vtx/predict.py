@@ -20,7 +20,6 @@ aggregated as `data.eval_aggregation` says and reported as class probabilities. 
 Exit status: 0, or 1 when a video could not be decoded (the others are still classified), or 2
 for a bad config, checkpoint or label file.
 """
-import dataclasses
 import functools
 import json
 import os
@@ -39,7 +38,7 @@ from ml_collections import config_flags  # noqa: E402
 from vtx import checkpoint, cli, steps  # noqa: E402
 from vtx import config as vtx_config  # noqa: E402
 from vtx.errors import VtxError  # noqa: E402
-from vtx.models import IMPLEMENTATION_FIELDS, build_model, model_class  # noqa: E402
+from vtx.models import build_model  # noqa: E402
 
 def shard_settings(data_config):
     """(fps or None for the native rate, short side, JPEG qscale) of the config's shards."""
@@ -51,40 +50,29 @@ def video_views(video, data_config) -> np.ndarray:
     """One video -> its eval views, float32 [V, T, c, c, 3]. `video` is a file (raises
     `video_io.DecodeError` naming it when it cannot be read) or decoded RGB frames, uint8
     [T, H, W, 3] at the rate the config's shards were built at."""
-    from vtx.data import video_io
+    from vtx.data import protocols, video_io
+    if protocols.protocol_name(data_config) != protocols.DMVR:  # the paper's test pipeline
+        from vtx.data import video_sources
+        s = protocols.settings(data_config)
+        video = (video_sources.open_video(video, s.protocol) if isinstance(video, str) else
+                 video_sources.ArrayVideo(_checked_frames(video)))
+        return protocols.video_views(video, s)[1]
     from vtx.data import pipeline  # loads TF, which only feeds the host
     fps, short_side, qscale = shard_settings(data_config)
     if isinstance(video, str):
         frames = video_io.decode_video(video, fps=fps)
     else:
-        array = np.asarray(video)
-        if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8 or not len(array):
-            raise VtxError(f'a video given as an array must be uint8 frames [T, H, W, 3], got '
-                           f'{array.dtype} {array.shape}')
-        frames = video_io.frames_from_array(array)
+        frames = video_io.frames_from_array(_checked_frames(video))
     jpegs = video_io.JpegEncoder(qscale).encode(frames, short_side)
     return pipeline.video_eval_views(jpegs, data_config)
 
 
-def model_differences(stored: Optional[dict], configured: dict) -> List[str]:
-    """Fields where the model a checkpoint was made for differs from config.model, each side
-    completed with the family's defaults. Dropout rates and how the model computes
-    (`IMPLEMENTATION_FIELDS`: dtype, attention kernel, remat, ...) do not change what the params
-    mean and are not compared."""
-    if not stored:
-        return []
-    if stored.get('name') != configured.get('name'):
-        return [f"name: checkpoint {stored.get('name')!r}, config {configured.get('name')!r}"]
-    defaults = {f.name: f.default for f in dataclasses.fields(model_class(configured['name']))
-                if f.default is not dataclasses.MISSING}
-    out = []
-    for key in sorted(set(stored) | set(configured)):
-        if 'drop' in key or key in IMPLEMENTATION_FIELDS:
-            continue
-        a, b = stored.get(key, defaults.get(key)), configured.get(key, defaults.get(key))
-        if json.dumps(a, default=str) != json.dumps(b, default=str):
-            out.append(f'{key}: checkpoint {a!r}, config {b!r}')
-    return out
+def _checked_frames(video) -> np.ndarray:
+    array = np.asarray(video)
+    if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8 or not len(array):
+        raise VtxError(f'a video given as an array must be uint8 frames [T, H, W, 3], got '
+                       f'{array.dtype} {array.shape}')
+    return array
 
 
 def read_label_names(path: str) -> List[str]:
@@ -105,7 +93,7 @@ class Predictor:
         abstract = nn.meta.unbox(steps.abstract_variables(self.model, config)['params'])
         self.params, meta = checkpoint.load_any_params(checkpoint_dir, abstract)
         self.params = jax.device_put(self.params)
-        differences = model_differences(meta.get('model'), config.model.to_dict())
+        differences = checkpoint.model_differences(meta.get('model'), config.model.to_dict())
         if differences:
             warn(f'{checkpoint_dir} was made for another config.model ({"; ".join(differences)})')
         names = (list(label_names) if label_names else
@@ -153,6 +141,12 @@ class Predictor:
         if failures:
             raise VtxError('; '.join(f['error'] for f in failures))
         return np.concatenate(out)
+
+    def explain(self, videos: Sequence, top_k: int = 5) -> List:
+        """What the model used for each video (a file or uint8 frames [T, H, W, 3]), as
+        `vtx.explain.Explanation`s (frames, overlay, top-k; `.save_png(path)`)."""
+        from vtx import explain
+        return explain.explain(self, videos, top_k)
 
     def _batched(self, fn, views: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
         """fn(params, clips) on videos given as views [V, T, c, c, 3] each, `batch_size` videos
@@ -259,6 +253,9 @@ def define_flags():
     flags.DEFINE_bool('json', False, 'Print one JSON document instead of text.')
     flags.DEFINE_integer('batch_size', 0, 'Videos per model call (each has clips x crops '
                          'views); 0: config.train.eval_batch_size.')
+    flags.DEFINE_string('explain', None, 'Also write OUT_DIR/<video>.png per video: its frames '
+                        'with what the model used (docs/explain.md) and the top-k classes.')
+    flags.DEFINE_bool('explain_gif', False, 'With --explain, also write an animated <video>.gif.')
 
 
 def main(argv):
@@ -283,6 +280,11 @@ def main(argv):
             failures = write_features(predictor, videos, FLAGS.features, batch_size)
         else:
             results, failures = predict_videos(predictor, videos, FLAGS.top_k, batch_size)
+            if FLAGS.explain:
+                from vtx import explain
+                for path in explain.write_explanations(predictor, [r['video'] for r in results],
+                                                       FLAGS.explain, FLAGS.top_k, FLAGS.explain_gif):
+                    print(f'wrote {path}', file=sys.stderr)  # stdout stays the predictions
     except VtxError as e:
         cli.fail(e)
     for f in failures:

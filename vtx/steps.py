@@ -7,6 +7,7 @@ state donated), `eval_step` (multi-view aggregation) and `forward` (eval-mode lo
 batch). The trainer runs these objects, the report lowers them on abstract inputs and the
 benchmark times them, so what is measured is what trains.
 """
+import copy
 import dataclasses
 import functools
 from typing import Any, Callable
@@ -20,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from vtx import families, optim, sharding
 from vtx.errors import VtxError
-from vtx.models import build_model
+from vtx.models import build_model, resolve_dtype
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -77,6 +78,8 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, config):
                                           config.data.cutmix_alpha)
         logits = model.apply({'params': params}, images, train=True, rngs={'dropout': dropout_rng},
                              **extra)
+        # The loss (log-softmax and mean) in float32 whatever the compute dtype.
+        logits = logits.astype(jnp.float32)
         loss = cross_entropy(logits, labels, config.train.label_smoothing).mean()
         return loss, logits
 
@@ -172,7 +175,11 @@ class Steps:
 
 def build(config, mesh: Mesh) -> Steps:
     """The model, optimizer, state placement and jitted steps of `config` on `mesh`. Only shapes
-    are traced here; nothing is allocated until `init_state` runs."""
+    are traced here; nothing is allocated until `init_state` runs. `Steps.config` is `config` with
+    `model.dtype` resolved for this backend ('auto' -> 'bfloat16' or 'float32')."""
+    if 'dtype' in config.model and resolve_dtype(config.model.dtype) != config.model.dtype:
+        config = copy.deepcopy(config)
+        config.model.dtype = resolve_dtype(config.model.dtype)
     model = build_model(config.model)
     boxed = abstract_variables(model, config)['params']
     params_sharding = sharding.param_shardings(boxed, mesh, config.mesh)

@@ -35,6 +35,7 @@ as initialised rather than missing.
 import dataclasses
 import os
 import re
+import warnings
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import flax
@@ -105,9 +106,12 @@ def read_checkpoint(path: str) -> Checkpoint:
             return Checkpoint({k: np.asarray(data[k]) for k in data.files}, 'npz', {})
     torch = import_torch()
     try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
+        with warnings.catch_warnings():  # a newer pickle protocol: refused below in one line
+            warnings.filterwarnings('ignore', 'Detected pickle protocol', UserWarning)
+            obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # weights_only refuses pickled objects: say which file
-        raise CheckpointFormatError(f'{path}: torch.load(weights_only=True) failed: {e}') from e
+        raise CheckpointFormatError(f'{path}: not a readable PyTorch checkpoint: '
+                                    f'{_torch_load_reason(e)}') from None
     if not isinstance(obj, Mapping):
         raise CheckpointFormatError(f'{path}: expected a dict, found a {type(obj).__name__}')
     keys = list(obj)
@@ -129,6 +133,19 @@ def read_checkpoint(path: str) -> Checkpoint:
         extras = {k: v for k, v in obj.items() if isinstance(v, (str, int, float))}
     state = strip_module_prefix(state)
     return Checkpoint({k: _to_numpy(v, path, k) for k, v in state.items()}, wrapper, extras)
+
+
+def _torch_load_reason(error: Exception) -> str:
+    """torch.load's refusal in one line (its own text spans lines and asks to file an issue)."""
+    text = ' '.join(str(error).split())
+    if 'WeightsUnpickler error:' in text:
+        detail = text.split('WeightsUnpickler error:', 1)[1].split(' Check the documentation')[0]
+        return (f'torch.load(weights_only=True) refused it ({detail.strip()}): the file is '
+                'damaged, not a torch.save file, or holds objects other than tensors and plain '
+                'containers, which are never unpickled')
+    first_sentence = text.split('. ')[0].rstrip('.')
+    return (f'torch.load(weights_only=True) failed: {first_sentence[:300]} (a truncated or '
+            'damaged file?)')
 
 
 def strip_module_prefix(state: Mapping) -> dict:

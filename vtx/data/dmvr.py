@@ -165,14 +165,28 @@ def segment_indices(num_stored, num_frames: int, num_clips: int = 1, seed=None):
 # ----------------------------------------------------------------------------------------------
 # Decoding and spatial processing (uint8 frames [N, H, W, 3] until `normalize`)
 
+def _decode_one(encoded, any_image_format: bool):
+    if any_image_format:
+        return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    return tf.io.decode_jpeg(encoded, channels=3)
+
+
 def decode_frames(jpegs, any_image_format: bool = False):
     """JPEG strings [N] -> uint8 [N, H, W, 3] with TF's default dct_method, as DMVR (or any
     format tf.io.decode_image reads: TFDS videos may hold PNG frames)."""
-    if any_image_format:
-        decode = lambda x: tf.io.decode_image(x, channels=3, expand_animations=False)
-    else:
-        decode = lambda x: tf.io.decode_jpeg(x, channels=3)
-    return tf.map_fn(decode, jpegs, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+    return tf.map_fn(lambda x: _decode_one(x, any_image_format), jpegs,
+                     fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+
+
+def first_undecodable_frame(jpegs, any_image_format: bool = False):
+    """(index, TF error) of the first frame that fails to decode, or None. Frames are decoded one
+    by one, eagerly, so the error is the decoder's own reason, not a map_fn wrapper's."""
+    for index, encoded in enumerate(jpegs):
+        try:
+            _decode_one(encoded, any_image_format)
+        except tf.errors.OpError as e:
+            return index, e
+    return None
 
 
 def resize_smallest(frames, min_resize):

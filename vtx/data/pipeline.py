@@ -291,10 +291,9 @@ def _first_undecodable(source, records, limit: int = 4096):
     """Scans (shard, record, payload) elements and returns the first whose frames do not
     decode, as (shard, record, TF message), or None."""
     for shard, record, payload in records.take(limit):
-        try:
-            dmvr.decode_frames(source.parse(payload)['frames'], source.any_image_format)
-        except (tf.errors.OpError, ValueError) as e:
-            return int(shard), int(record), _tf_message(e)
+        bad = dmvr.first_undecodable_frame(source.parse(payload)['frames'], source.any_image_format)
+        if bad:
+            return int(shard), int(record), f'frame {bad[0]} does not decode: {_tf_message(bad[1])}'
     return None
 
 
@@ -413,6 +412,11 @@ def eval_batches(data_config, *, global_batch_size: int, process_index: int = 0,
     """One pass over this process's share of the eval set: {'image': float32 [b, V, T, c, c, 3],
     'label': int32 [b], 'mask': bool [b]}; the last batch is padded with mask False."""
     local_batch = _local_batch(global_batch_size, process_count)
+    if data_config.get('test_protocol', 'dmvr') != 'dmvr' or data_config.get('eval_videos'):
+        from vtx.data import protocol_eval  # an official test pipeline
+        return protocol_eval.eval_batches(data_config, local_batch=local_batch,
+                                          process_index=process_index,
+                                          process_count=process_count)
     s = _Settings(data_config)
     source = _make_source(data_config, 'eval', process_index, process_count)
 

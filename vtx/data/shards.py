@@ -17,6 +17,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from vtx.data import video_io
 
+VIDEO_KEY = 'video/encoded'  # context feature holding a whole video file (--keep_video)
+
 
 @dataclasses.dataclass
 class Row:
@@ -34,6 +36,7 @@ class EncodeSettings:
     short_side: int = 256
     fps: Optional[float] = None
     qscale: int = 2
+    keep_video: bool = False  # store video files (and .h5 JPEGs) as they are, see add_common_flags
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
@@ -46,12 +49,18 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
                         '(default: keep the native rate)')
     parser.add_argument('--qscale', type=int, default=2,
                         help='mjpeg quality, 2 (best) .. 31; 0: the encoder default')
+    parser.add_argument('--keep_video', action='store_true',
+                        help='store each video file unchanged (native rate and size, decoded at '
+                        'eval time by the test protocol\'s own decoder) and an XViT .h5 file\'s '
+                        'JPEG frames as they are: shards that serve the official test protocols '
+                        'exactly (frame folders: use --short_side 0 to keep their JPEGs)')
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1)
     parser.add_argument('--verify', action='store_true', help='re-read and decode every record')
 
 
 def settings_from_flags(args) -> EncodeSettings:
-    return EncodeSettings(short_side=args.short_side, fps=args.fps, qscale=args.qscale)
+    return EncodeSettings(short_side=args.short_side, fps=args.fps, qscale=args.qscale,
+                          keep_video=args.keep_video)
 
 
 def label_map_from_names(names: Sequence[str], label_map_file: Optional[str]) -> Dict[str, int]:
@@ -82,6 +91,8 @@ def class_names(path: Optional[str]) -> Optional[List[str]]:
 def _encode_row(row: Row, settings: EncodeSettings):
     """Worker: -> (serialized SequenceExample fields, None) or (None, error message)."""
     try:
+        if settings.keep_video and not os.path.isdir(row.source):
+            return video_io.stored_as_is(row.source, row.start, row.end), None
         if os.path.isdir(row.source):
             jpegs = video_io.frame_folder_jpegs(row.source, settings.short_side, settings.qscale,
                                                 row.max_frames)
@@ -131,10 +142,13 @@ def build(rows: List[Row], output_dir: str, name: str, settings: EncodeSettings,
                 text = row.label_text
                 if text is None and label_names and row.label_index is not None:
                     text = label_names.get(row.label_index, '')
+                whole_video = isinstance(jpegs, bytes)  # --keep_video of a video file
                 example = dmvr.make_sequence_example(
-                    jpegs, row.label_index, text, row.filename or row.source,
-                    int(1e6 * (row.start or 0.0)),
+                    [] if whole_video else jpegs, row.label_index, text,
+                    row.filename or row.source, int(1e6 * (row.start or 0.0)),
                     int(1e6 * row.end) if row.end is not None else 0)
+                if whole_video:
+                    example.context.feature[VIDEO_KEY].bytes_list.value.append(jpegs)
                 writers[r % num_shards].write(example.SerializeToString())
         finally:
             for w in writers:
@@ -162,6 +176,9 @@ def verify_shards(paths: Sequence[str]) -> int:
                 total += 1
                 try:
                     frames = dmvr.parse(serialized)['frames']
+                    if tf.size(frames) == 0 and tf.train.SequenceExample.FromString(
+                            serialized.numpy()).context.feature[VIDEO_KEY].bytes_list.value:
+                        continue  # a whole video file (--keep_video): decoded at eval time
                     if tf.size(frames) == 0:
                         raise ValueError(dmvr.describe_record(serialized.numpy()))
                     dmvr.decode_frames(frames)

@@ -129,3 +129,20 @@ def frame_folder_jpegs(folder: str, short_side: int, qscale: int,
                 jpegs.append(f.read())
         return jpegs
     return JpegEncoder(qscale).encode(frames, short_side)
+
+
+def stored_as_is(path: str, start: Optional[float] = None, end: Optional[float] = None):
+    """`--keep_video`: a video file's bytes, or the JPEG frames of an XViT `.h5` file (its first
+    dataset, one JPEG per frame), unchanged, so eval decodes exactly what the official code read."""
+    if start is not None or end is not None:
+        raise DecodeError(f'{path}: --keep_video stores whole files, but the row trims it to '
+                          f'[{start}, {end}) s')
+    try:
+        if path.endswith('.h5'):
+            import h5py
+            with h5py.File(path, 'r') as h5:
+                return [bytes(frame) for frame in h5[next(iter(h5.keys()))]]
+        with open(path, 'rb') as f:
+            return f.read()
+    except OSError as e:
+        raise DecodeError(f'{path}: {e}') from None

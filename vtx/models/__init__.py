@@ -6,13 +6,32 @@ names a model by a short string and nothing else is loaded.
 """
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from vtx import families
 from vtx.families import UnknownModelError
 
-# config.model.dtype -> the compute dtype (parameters stay float32).
+# config.model.dtype -> the compute dtype. Parameters and optimizer state stay float32 (every
+# layer's param_dtype), and softmax, LayerNorm statistics and the loss run in float32 whatever
+# the compute dtype: see docs/accelerators.md, "Precision".
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# The default policy: bfloat16 where the matrix units run it at full rate (GPU, TPU), float32 on
+# CPU, where bfloat16 matmuls are emulated and parity with the official float32 models is exact.
+AUTO_DTYPE = 'auto'
+ACCELERATOR_BACKENDS = ('gpu', 'cuda', 'rocm', 'tpu')
+
+
+def resolve_dtype(name: str) -> str:
+    """The compute dtype name that `config.model.dtype` = `name` means on this process's backend."""
+    name = str(name)
+    if name == AUTO_DTYPE:
+        return 'bfloat16' if jax.default_backend() in ACCELERATOR_BACKENDS else 'float32'
+    if name not in COMPUTE_DTYPES:
+        raise UnknownModelError(f'config.model.dtype={name!r}: use one of '
+                                f'{sorted(COMPUTE_DTYPES) + [AUTO_DTYPE]}')
+    return name
+
 
 # Fields that choose how a model computes, not what, each at its reference setting. They never
 # change what the parameters mean (`vtx.predict` ignores them when matching a checkpoint to a
@@ -39,7 +58,5 @@ def build_model(model_config):
         raise UnknownModelError(f'config.model has field(s) {unknown} that {cls.__name__} does not '
                                 f'take; accepted: {sorted(fields)}')
     if 'dtype' in kwargs:
-        if kwargs['dtype'] not in COMPUTE_DTYPES:
-            raise UnknownModelError(f"config.model.dtype={kwargs['dtype']!r}: use one of {sorted(COMPUTE_DTYPES)}")
-        kwargs['dtype'] = COMPUTE_DTYPES[kwargs['dtype']]
+        kwargs['dtype'] = COMPUTE_DTYPES[resolve_dtype(kwargs['dtype'])]
     return cls(**kwargs)

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vtx.kernels.attention import dot_product_attention
+from vtx.kernels.attention import attention_with_weights, dot_product_attention
 from vtx.kernels.projection import dense_projections
 
 Dtype = Any
@@ -190,6 +190,11 @@ class SelfAttention(nn.Module):
             split(query), split(key), split(value), dropout_rng=dropout_rng,
             dropout_rate=self.attention_dropout_rate, deterministic=deterministic,
             implementation=self.implementation)
+        if self.is_mutable_collection('intermediates'):
+            # Attention rollout (vtx.explain) reads the weights [..., heads, L, L]; computed
+            # again only when a caller asks for intermediates, so the forward is unchanged.
+            self.sow('intermediates', 'attention_weights', attention_with_weights(
+                split(query), split(key), split(value))[1])
         context = context.reshape(*lead, length, dim)
         return dense(dim, ('heads', 'embed'), dtype=self.dtype, name='out')(context)
 

@@ -207,7 +207,7 @@ class MViT(nn.Module):
     dtype: Any = jnp.float32
     # 'conv': grouped convolution; 'shifted_sum': the same pooling as slices x weights, far
     # faster on XLA:CPU (`vtx.kernels.pooling`), same parameters.
-    pool_implementation: str = 'conv'
+    pool_implementation: str = 'shifted_sum'
 
     def schedule(self):
         return block_schedule(self.depth, self.embed_dim, self.num_heads, self.dim_mul,

@@ -61,7 +61,7 @@ class VideoViT(nn.Module):
     remat: bool = False
     dtype: Any = jnp.float32
     # Fast paths that change how, not what, the model computes (docs/performance.md).
-    attention_implementation: str = 'xla'
+    attention_implementation: str = 'auto'
     fused_qkv: bool = False
     scan_layers: bool = False
 

@@ -122,7 +122,7 @@ class XViT(nn.Module):
     dtype: Any = jnp.float32
     # Fast paths that change how, not what, the model computes (docs/performance.md).
     # kernels.attention.ATTENTION_IMPLEMENTATIONS (backbone only)
-    attention_implementation: str = 'xla'
+    attention_implementation: str = 'auto'
     fused_qkv: bool = False
     scan_layers: bool = False
 
