@@ -60,6 +60,9 @@ def test_workdir_of_another_model(demo_data_dir, tmp_path):
     with pytest.raises(VtxError, match='holds a run of another model'):
         train.train_and_evaluate(other, workdir, 'train')
     assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == before
+    # How the model computes is not what it is: the same workdir takes another dtype or kernel.
+    train._check_workdir_model(workdir, tiny_demo_config(demo_data_dir, **{
+        'model.dtype': 'bfloat16', 'model.attention_implementation': 'jax'}))
 
 
 @pytest.mark.parametrize('args, expected', [

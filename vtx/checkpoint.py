@@ -10,11 +10,13 @@ read newest first, falling back past steps whose files cannot be read (`restore_
 import contextlib
 import dataclasses
 import fcntl
+import gc
 import json
 import logging
 import os
 import socket
 import sys
+import tempfile
 import time
 from typing import List, Optional
 
@@ -138,7 +140,12 @@ def restore_newest(workdir: str, restore, set_aside: bool):
     ckpt_dir = os.path.join(workdir, 'checkpoints')
     steps = sorted((int(d) for d in (os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else ())
                     if d.isdigit()), reverse=True)
-    failed = []
+    with _without_reader_noise() as (failed, say):
+        return _restore_newest(ckpt_dir, steps, restore, set_aside, failed, say)
+
+
+def _restore_newest(ckpt_dir, steps, restore, set_aside, failed, say):
+    workdir = os.path.dirname(ckpt_dir)
     for step in steps:
         item = os.path.join(ckpt_dir, str(step), 'default')
         try:
@@ -150,19 +157,51 @@ def restore_newest(workdir: str, restore, set_aside: bool):
             raise
         except Exception as e:  # noqa: BLE001  any failure to read a step's files
             failed.append((step, _innermost_reason(e)))
-            print(f'vtx: checkpoint step {step} ({item}) cannot be read: {failed[-1][1]}',
-                  file=sys.stderr)
+            say(f'vtx: checkpoint step {step} ({item}) cannot be read: {failed[-1][1]}')
             continue
         for bad, _ in failed:
             where = _set_aside(workdir, bad) if set_aside else 'left in place'
-            print(f'vtx: checkpoint step {bad}: {where}', file=sys.stderr)
+            say(f'vtx: checkpoint step {bad}: {where}')
         if failed:
-            print(f'vtx: using checkpoint step {step}, the newest one that reads', file=sys.stderr)
+            say(f'vtx: using checkpoint step {step}, the newest one that reads')
         return step, restored
     if failed:
         raise CheckpointError(f'no checkpoint in {ckpt_dir} can be read (' + '; '.join(
             f'step {s}: {reason}' for s, reason in failed) + '); nothing was moved or deleted')
     return None, None
+
+
+@contextlib.contextmanager
+def _without_reader_noise():
+    """Yields (failed, say): the list restore_newest fills with its failed steps, and the function
+    that collects its messages. After a failed restore, TensorStore's reader threads and orbax's
+    abandoned coroutines print tracebacks and long TensorStore specs to file descriptor 2, at no
+    fixed time ("Event loop is closed", "Exception ignored in <coroutine ...>"). So meanwhile fd 2
+    goes to a temporary file; when a step failed, the abandoned coroutines are collected and the
+    threads given until their output stops, and only restore_newest's one line per step is shown.
+    When nothing failed, what was written there is passed on unchanged."""
+    failed, messages = [], []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield failed, messages.append
+        finally:
+            size, deadline = -1, time.monotonic() + 5
+            while failed and size != os.fstat(captured.fileno()).st_size and (
+                    time.monotonic() < deadline):
+                size = os.fstat(captured.fileno()).st_size
+                gc.collect()  # the failed reads' coroutines report their error when collected
+                time.sleep(0.5)
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not failed:
+                captured.seek(0)
+                sys.stderr.write(captured.read().decode(errors='replace'))
+            for message in messages:
+                print(message, file=sys.stderr)
 
 
 @contextlib.contextmanager
