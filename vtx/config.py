@@ -249,9 +249,10 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.test_protocol = 'dmvr'
     # Exact evaluation from files: a CSV of `path,label[,num_frames]` (video files, XViT .h5
     # files or TokShift frame folders; relative to the CSV) read instead of config.data.eval_shards
-    # by the config's (non-dmvr) test protocol, decoded in `eval_workers` processes (0: one per core).
+    # by the config's (non-dmvr) test protocol, decoded in this process (eval_workers=1) or in
+    # `eval_workers` spawned processes (0: one per core), which a full Kinetics pass wants.
     c.data.eval_videos = ''
-    c.data.eval_workers = 0
+    c.data.eval_workers = 1
     c.data.shuffle_buffer = 256
     # Input readers, each over a disjoint subset of the shards; the global batch is the
     # concatenation of their batches. 0: one per process. Fixing it makes the data order

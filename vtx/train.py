@@ -199,9 +199,13 @@ def _check_eval_data(config):
     """Reads and decodes the first eval video of this process now (all its views, as the eval
     will), so that a missing or bad eval set stops the run before training instead of after it."""
     from vtx.data import pipeline
-    next(pipeline.eval_batches(config.data, global_batch_size=jax.process_count(),
-                               process_index=jax.process_index(),
-                               process_count=jax.process_count()), None)
+    batches = pipeline.eval_batches(config.data, global_batch_size=jax.process_count(),
+                                    process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+    try:
+        next(batches, None)
+    finally:
+        batches.close()  # stops a decoding worker pool now, not whenever the generator is collected
 
 
 def train_and_evaluate(config, workdir: str, mode: str = 'train_and_eval'):
