@@ -65,11 +65,17 @@ def matmul_peak(dtype: str, size: int | None = None, warmup: int = 2, repeats: i
     b = jax.device_put(jnp.ones((size, size), dtype), jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec()))
     matmul = jax.jit(jnp.matmul, out_shardings=rows)
-    _timed(lambda: matmul(a, b), warmup)
-    times = _timed(lambda: matmul(a, b), repeats)
-    flops = 2 * size ** 3 * len(devices)
-    return {'size': size, 'dtype': jnp.dtype(dtype).name, 'devices': len(devices),
-            'flops_per_sec': flops / statistics.median(times),
+    return _matmul_rate(lambda: matmul(a, b), size, len(devices), warmup, repeats,
+                        dtype=jnp.dtype(dtype).name, devices=len(devices))
+
+
+def _matmul_rate(matmul, size: int, count: int, warmup: int, repeats: int, **fields) -> dict:
+    """FLOP/s of `count` [size, size] @ [size, size] products a call of `matmul`: the median and
+    the best of `repeats` calls after `warmup` untimed ones."""
+    _timed(matmul, warmup)
+    times = _timed(matmul, repeats)
+    flops = 2 * size ** 3 * count
+    return {'size': size, **fields, 'flops_per_sec': flops / statistics.median(times),
             'flops_per_sec_max': flops / min(times)}
 
 
@@ -82,15 +88,8 @@ def torch_matmul_peak(size: int = 2048, warmup: int = 2, repeats: int = 10) -> d
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     a, b = torch.ones(size, size), torch.ones(size, size)
-    times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return {'size': size, 'dtype': 'float32', 'threads': threads,
-            'flops_per_sec': 2 * size ** 3 / statistics.median(times),
-            'flops_per_sec_max': 2 * size ** 3 / min(times)}
+    return _matmul_rate(lambda: torch.matmul(a, b), size, 1, warmup, repeats, dtype='float32',
+                        threads=threads)
 
 
 def host_rates(dtype: str = 'float32', size: int | None = None) -> dict:

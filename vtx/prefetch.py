@@ -1,6 +1,6 @@
 """Host batches put on the devices ahead of use, so that the copy overlaps the step.
 
-`device_prefetch` keeps `size` global batches in flight (2: double buffering, as big_vision's
+`DevicePrefetch` keeps `size` global batches in flight (2: double buffering, as big_vision's
 prefetch does): while the step runs on batch i, batch i+1 is already being transferred, because
 `jax.make_array_from_process_local_data` returns as soon as the copy is enqueued. It also
 measures how long the loop waited for the host input, which tells input-bound from

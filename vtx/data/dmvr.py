@@ -184,7 +184,7 @@ def first_undecodable_frame(jpegs, any_image_format: bool = False):
     for index, encoded in enumerate(jpegs):
         try:
             _decode_one(encoded, any_image_format)
-        except tf.errors.OpError as e:
+        except (tf.errors.OpError, ValueError) as e:
             return index, e
     return None
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from vtx import families
 from vtx.families import UnknownModelError
+from vtx.kernels.attention import GPU_BACKENDS
 
 # config.model.dtype -> the compute dtype. Parameters and optimizer state stay float32 (every
 # layer's param_dtype), and softmax, LayerNorm statistics and the loss run in float32 whatever
@@ -19,7 +20,7 @@ COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # The default policy: bfloat16 where the matrix units run it at full rate (GPU, TPU), float32 on
 # CPU, where bfloat16 matmuls are emulated and parity with the official float32 models is exact.
 AUTO_DTYPE = 'auto'
-ACCELERATOR_BACKENDS = ('gpu', 'cuda', 'rocm', 'tpu')
+ACCELERATOR_BACKENDS = GPU_BACKENDS + ('tpu',)
 
 
 def resolve_dtype(name: str) -> str:
