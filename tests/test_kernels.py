@@ -1,7 +1,7 @@
 """vtx.kernels: each kernel against the plain computation it stands for.
 
-(The window-attention VJP against autodiff of the attention formula is
-tests/test_video_swin.py::test_window_attention_vjp_equals_autodiff_of_the_formula; that the
+(The attention VJP against autodiff of the attention formula is
+tests/test_video_swin.py::test_attention_vjp_equals_autodiff_of_the_formula; that the
 fast paths keep official parity is tests/test_benchmark.py.)"""
 import flax.linen as nn
 import jax
@@ -10,32 +10,84 @@ import numpy as np
 import pytest
 
 from vtx.errors import VtxError
-from vtx.kernels.attention import dot_product_attention
+from vtx.kernels import attention as attention_kernel
+from vtx.kernels.attention import (attention, attention_with_weights, dot_product_attention,
+                                   sum_to_shape)
 from vtx.kernels.pooling import shifted_sum_conv
 from vtx.kernels.projection import dense_projections
 from vtx.kernels.top_k import hard_top_k, perturbed_top_k
-from vtx.kernels.window_attention import sum_to_shape, window_attention
 
 
-# --------------------------------------------------------------------------- window attention
+# --------------------------------------------------------------------------- attention
 
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize('with_mask', [False, True])
-def test_window_attention_trains_with_the_forward_it_evaluates(dtype, with_mask):
-    """Eval (the primal), the VJP's forward and every other vtx attention give the same bits."""
+def test_attention_trains_with_the_forward_it_evaluates(dtype, with_mask):
+    """Eval (the primal), the VJP's forward and the weights-returning formula give the same bits."""
     rng = np.random.default_rng(1)
     windows, n, heads, hd = (2, 3), 10, 2, 4
-    qkv = jnp.asarray(rng.normal(size=(1, *windows, n, 3, heads, hd)), dtype)
+    q, k, v = (jnp.asarray(rng.normal(size=(1, *windows, n, heads, hd)), dtype) for _ in range(3))
     bias = jnp.asarray(rng.normal(size=(heads, n, n)), jnp.float32)
     mask = (jnp.asarray(np.where(rng.random((*windows, 1, n, n)) < 0.3, -100.0, 0.0), jnp.float32)
             if with_mask else None)
-    evaluated = window_attention(qkv, bias, mask)
-    trained, _ = jax.vjp(lambda a: window_attention(a, bias, mask), qkv)
-    shared = dot_product_attention(*(qkv[..., i, :, :] for i in range(3)),
-                                   bias=bias if mask is None else bias + mask)
-    assert evaluated.dtype == dtype
+    evaluated = attention(q, k, v, bias, mask)
+    trained, _ = jax.vjp(lambda a: attention(a, k, v, bias, mask), q)
+    formula, weights = attention_with_weights(q, k, v, bias=bias if mask is None else bias + mask)
+    assert evaluated.dtype == dtype and weights.shape == (1, *windows, heads, n, n)
     np.testing.assert_array_equal(trained, evaluated)
-    np.testing.assert_array_equal(shared, evaluated)
+    np.testing.assert_array_equal(formula, evaluated)
+    np.testing.assert_array_equal(dot_product_attention(q, k, v, bias=bias, mask=mask), evaluated)
+
+
+def test_attention_is_the_textbook_formula():
+    """Against a float64 numpy softmax(q k^T / sqrt(d)) v in the token-major layout, with keys and
+    queries of different lengths (MViT's pooled keys)."""
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=(2, 7, 3, 4))
+    k, v = rng.normal(size=(2, 5, 3, 4)), rng.normal(size=(2, 5, 3, 4))
+    s = np.einsum('bqhd,bkhd->bhqk', q, k) / 2.0
+    p = np.exp(s - s.max(-1, keepdims=True))
+    expected = np.einsum('bhqk,bkhd->bqhd', p / p.sum(-1, keepdims=True), v)
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    np.testing.assert_allclose(attention(f32(q), f32(k), f32(v), None, None), expected,
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('bias_shape,mask_shape', [
+    ((2, 5, 5), (6, 1, 5, 5)),     # Video Swin: one bias for every window, a mask per window
+    ((4, 1, 2, 5, 5), None),       # TPS: one bias per frame, shared by the windows
+    ((6, 2, 5, 5), None),          # a bias per window: the chunked axis
+    (None, None)])                 # ViT: neither
+def test_chunked_attention_and_its_vjp_equal_the_formula(monkeypatch, bias_shape, mask_shape):
+    """On CPU the attention runs in chunks of its last leading axis; forced here to 3 chunks of 2
+    windows, output and gradients (q, k, v, bias) equal autodiff of the unchunked formula."""
+    rng = np.random.default_rng(6)
+    lead, n, heads, hd = (2, 4, 6), 5, 2, 4
+    q, k, v = (jnp.asarray(rng.normal(size=(*lead, n, heads, hd)), jnp.float32) for _ in range(3))
+    bias = (jnp.zeros((), jnp.float32) if bias_shape is None else
+            jnp.asarray(rng.normal(size=bias_shape), jnp.float32))
+    mask = (None if mask_shape is None else
+            jnp.asarray(np.where(rng.random(mask_shape) < 0.3, -100.0, 0.0), jnp.float32))
+    monkeypatch.setattr(attention_kernel, 'CHUNK_ABOVE', 0)
+    monkeypatch.setattr(attention_kernel, 'CHUNK_BYTES', 2 * 2 * 4 * heads * n * n * 4)
+    assert attention_kernel._chunking(q, k) == (2, 3)
+    cotangent = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+
+    def formula(q, k, v, bias):
+        s = jnp.einsum('...qhd,...khd->...hqk', q, k) / np.sqrt(hd) + bias
+        s = s if mask is None else s + mask
+        return jnp.einsum('...hqk,...khd->...qhd', jax.nn.softmax(s, axis=-1), v)
+
+    if bias_shape is None:   # no bias argument at all, as ViT calls it
+        out, pullback = jax.vjp(lambda *a: attention(*a, None, mask), q, k, v)
+        ref_out, ref_pullback = jax.vjp(lambda *a: formula(*a, bias), q, k, v)
+    else:
+        out, pullback = jax.vjp(lambda *a: attention(*a, mask), q, k, v, bias)
+        ref_out, ref_pullback = jax.vjp(formula, q, k, v, bias)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-6)
+    for grad, ref in zip(pullback(cotangent), ref_pullback(cotangent)):
+        assert grad.shape == ref.shape
+        np.testing.assert_allclose(grad, ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize('shape,target', [

@@ -22,7 +22,7 @@ from convert.verify import to_model_layout
 from tests.test_families import full_size_models
 from vtx import optim
 from vtx import config as vtx_config
-from vtx.kernels.window_attention import window_attention
+from vtx.kernels.attention import attention
 from vtx.models import build_model, video_swin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,8 +177,8 @@ def test_inflate_2d_swin_matches_official(case):
 
 
 @pytest.mark.parametrize('with_mask', [False, True])
-def test_window_attention_vjp_equals_autodiff_of_the_formula(with_mask):
-    """The hand-written backward of `window_attention` against JAX autodiff of the plain formula
+def test_attention_vjp_equals_autodiff_of_the_formula(with_mask):
+    """The hand-written backward of `attention` against JAX autodiff of the plain formula
     softmax(q k^T / sqrt(d) + bias + mask) v, for q/k/v and the bias broadcast over windows."""
     rng = np.random.default_rng(0)
     windows, n, heads, hd = (2, 3), 10, 2, 4
@@ -199,7 +199,7 @@ def test_window_attention_vjp_equals_autodiff_of_the_formula(with_mask):
         out, pullback = jax.vjp(fn, qkv, bias)
         return out, pullback(cotangent)
 
-    out, (dqkv, dbias) = vjp(lambda a, b: window_attention(a, b, mask))
+    out, (dqkv, dbias) = vjp(lambda a, b: attention(*(a[..., i, :, :] for i in range(3)), b, mask))
     ref_out, (ref_dqkv, ref_dbias) = vjp(formula)
     np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(dqkv, ref_dqkv, rtol=1e-4, atol=1e-5)

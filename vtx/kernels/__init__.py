@@ -2,8 +2,8 @@
 (custom VJPs, fused reductions, alternative poolings). Model files call them; they hold no
 parameters.
 
-  attention         the attention forward every model shares, and the choice of what runs it
-  window_attention  Video Swin / TPS window attention with a hand-written VJP
+  attention         the attention every model shares (heads-first products, a hand-written VJP
+                    that also sums a window-shared bias's gradient), and the choice of what runs it
   pooling           MViT's pooling convolution as a shifted sum (`pool_implementation`)
   projection        query/key/value projections fused into one matmul (`fused_qkv`)
   top_k             STTS's hard and perturbed (differentiable) top-k

@@ -18,7 +18,6 @@ import numpy as np
 
 from vtx.errors import VtxError
 from vtx.kernels.attention import dot_product_attention
-from vtx.kernels.window_attention import window_attention
 from vtx.models import layers
 from vtx.models.token_selection import TemporalSelection, top_k_sigma
 
@@ -99,7 +98,7 @@ class WindowAttention(nn.Module):
     Input [B, nD, nS, N, C] (windows grouped by temporal index nD and spatial index nS); `mask`
     broadcasts against [nD, nS, heads, N, N]. Subclasses change the bias (`position_bias`) and
     may mix tokens across windows before the projection and after attention. The attention itself
-    is `vtx.kernels.window_attention`, whose hand-written VJP serves the train step.
+    is `vtx.kernels.attention.attention`, whose hand-written VJP serves the train step.
     """
     num_heads: int
     window_size: Sequence[int]
@@ -132,14 +131,11 @@ class WindowAttention(nn.Module):
         qkv = dense(3 * dim, ('embed', 'heads'), use_bias=self.qkv_bias, name='qkv')(x)
         qkv = qkv.reshape(*lead, n, 3, self.num_heads, head_dim)
         bias = self.position_bias(table, win, x.shape[1])
-        if self.attention_dropout_rate > 0 and not deterministic:
-            # The kernel's VJP keeps no dropout mask; attention dropout trains through autodiff.
-            o = dot_product_attention(
-                *(qkv[..., i, :, :] for i in range(3)),
-                bias=bias if mask is None else bias + mask, dropout_rng=self.make_rng('dropout'),
-                dropout_rate=self.attention_dropout_rate, deterministic=deterministic)
-        else:
-            o = window_attention(qkv, bias, mask)
+        dropping = self.attention_dropout_rate > 0 and not deterministic
+        o = dot_product_attention(
+            *(qkv[..., i, :, :] for i in range(3)), bias=bias, mask=mask,
+            dropout_rng=self.make_rng('dropout') if dropping else None,
+            dropout_rate=self.attention_dropout_rate, deterministic=deterministic)
         o = self.mix_output(o).reshape(*lead, n, dim)
         o = dense(dim, ('heads', 'embed'), name='proj')(o)
         return nn.Dropout(self.dropout_rate)(o, deterministic=deterministic)
