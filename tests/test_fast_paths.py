@@ -1,5 +1,6 @@
 """Fast paths that change how a model computes, not what: `fused_qkv` and `scan_layers` keep the
-parameter tree, and give the reference path's logits and gradients; scan really scans.
+parameter tree, and give the reference path's logits and gradients; scan really scans (ViT,
+XViT, and MViT/STTS-MViT, whose selectors split the stack).
 
 (That they also reproduce the official logits is `test_benchmark.py::
 test_fast_paths_keep_official_parity`.)"""
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vtx.models.mvit import MViT
 from vtx.models.vit import VideoViT
 from vtx.models.xvit import XViT
 
@@ -20,30 +22,50 @@ def tiny(family, **fields):
         return VideoViT(num_classes=5, num_frames=FRAMES, image_size=16, patch_size=8,
                         hidden_size=32, mlp_dim=48, num_heads=4, num_layers=3,
                         temporal='token_shift', head_zero_init=False, **fields)
+    if family in ('mvit', 'stts'):
+        # 5 blocks: block 0 widens, block 1 pools q, blocks 2-4 are equal; STTS selects frames
+        # before block 0 and a window before block 3, which splits that run.
+        selection = (dict(time_pruning_loc=0, time_left_ratio=0.5, space_pruning_loc=3,
+                          space_left_ratio=0.5, selection_num_samples=20)
+                     if family == 'stts' else {})
+        return MViT(num_classes=5, num_frames=FRAMES, image_size=48, embed_dim=8, depth=5,
+                    dim_mul=((1, 2.0),), head_mul=((1, 2.0),), pool_q_stride=((1, 1, 2, 2),),
+                    pool_kv_stride_adaptive=(1, 4, 4), **selection, **fields)
     # Mixing in blocks 0 and 2 only: the scan splits the stack into runs of equal blocks.
     return XViT(num_classes=5, image_size=16, patch_size=8, pos_embed_image_size=16,
                 hidden_size=32, mlp_dim=48, num_heads=4, num_layers=4, mixing_layers=(0, 1, 3),
                 head_num_heads=4, head_mlp_dim=16, dropout_rate=0.0, **fields)
 
 
-def video():
-    return jnp.asarray(np.random.default_rng(0).normal(size=(2, FRAMES, 16, 16, 3)), jnp.float32)
+def video(size=16):
+    return jnp.asarray(np.random.default_rng(0).normal(size=(2, FRAMES, size, size, 3)),
+                       jnp.float32)
+
+
+def video_for(family):
+    return video(48 if family in ('mvit', 'stts') else 16)
 
 
 def loss_and_grads(model, params, x, train=False, rng=None):
+    # STTS's selectors train with a noise scale that follows the training progress.
+    progress = {'train_progress': 0.5} if train and isinstance(model, MViT) else {}
+
     def loss(p):
         logits = model.apply({'params': p}, x, train=train,
-                             rngs=None if rng is None else {'dropout': rng})
+                             rngs=None if rng is None else {'dropout': rng}, **progress)
         return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
     return jax.value_and_grad(loss)(params)
 
 
-@pytest.mark.parametrize('family', ['vit', 'xvit'])
-@pytest.mark.parametrize('fields', [{'fused_qkv': True}, {'scan_layers': True},
-                                    {'scan_layers': True, 'remat': True, 'fused_qkv': True}],
-                         ids=['fused_qkv', 'scan', 'scan_remat_fused'])
+@pytest.mark.parametrize('family,fields', [
+    (family, fields) for family in ('vit', 'xvit') for fields in (
+        {'fused_qkv': True}, {'scan_layers': True},
+        {'scan_layers': True, 'remat': True, 'fused_qkv': True})] + [
+    ('mvit', {'scan_layers': True, 'remat': True}), ('stts', {'scan_layers': True})],
+    ids=['vit-fused_qkv', 'vit-scan', 'vit-scan_remat_fused', 'xvit-fused_qkv', 'xvit-scan',
+         'xvit-scan_remat_fused', 'mvit-scan_remat', 'stts-scan'])
 def test_same_tree_logits_and_grads(family, fields):
-    x = video()
+    x = video_for(family)
     reference = tiny(family)
     params = reference.init(jax.random.PRNGKey(0), x)['params']
     fast = tiny(family, **fields)
@@ -62,13 +84,16 @@ def test_same_tree_logits_and_grads(family, fields):
                  fast_grads, ref_grads)
 
 
-@pytest.mark.parametrize('family,runs', [('vit', [3]), ('xvit', [2, 1, 1])])
+@pytest.mark.parametrize('family,runs', [('vit', [3]), ('xvit', [2]), ('mvit', [3]),
+                                         ('stts', [2])])
 def test_scan_compiles_one_body_per_run(family, runs):
-    """Consecutive equal blocks run as one scan; drop-path rates differ per layer and still train."""
+    """Runs of two or more equal blocks are one scan each (a lone block, which may change the
+    shape, is applied as it is); drop-path rates differ per layer and still train."""
     model = tiny(family, scan_layers=True, drop_path_rate=0.5)
-    x = video()
+    x = video_for(family)
     params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), x)['params'])
-    jaxpr = jax.make_jaxpr(lambda p: model.apply({'params': p}, x, train=True,
+    progress = {'train_progress': 0.5} if family == 'stts' else {}
+    jaxpr = jax.make_jaxpr(lambda p: model.apply({'params': p}, x, train=True, **progress,
                                                  rngs={'dropout': jax.random.PRNGKey(1)}))(params)
     lengths = [e.params['length'] for e in jaxpr.jaxpr.eqns if e.primitive.name == 'scan']
     assert lengths == runs

@@ -114,9 +114,12 @@ CHUNK_BYTES = 4 << 20
 
 def _chunking(query, key):
     """(chunk, count) along the last leading axis of q ([..., L, heads, hd]), or None when the
-    scores are small, the backend is not a CPU, or there is no leading axis to split."""
+    scores are small, the backend is not a CPU, there is no leading axis to split, or a size is
+    symbolic."""
     lead = query.shape[:-3]
-    if jax.default_backend() != 'cpu' or not lead:
+    sizes = (*query.shape, key.shape[-3])
+    if (jax.default_backend() != 'cpu' or not lead
+            or not all(isinstance(n, int) for n in sizes)):   # symbolic (exported) batch
         return None
     heads, q_len, k_len = query.shape[-2], query.shape[-3], key.shape[-3]
     per_slice = math.prod(lead[:-1]) * heads * q_len * k_len * 4

@@ -91,11 +91,13 @@ class PatchEmbed(nn.Module):
 
 
 def apply_layers(parent: nn.Module, block: type[nn.Module], layer_args: Sequence[dict], x,
-                 deterministic: bool, *, name: str, remat: bool = False, scan: bool = False):
-    """Runs `block(**layer_args[i], name=f'{name}_{i}')` on x for i in order, inside `parent`.
+                 deterministic: bool, *, name: str, first: int = 0, remat: bool = False,
+                 scan: bool = False):
+    """Runs `block(**layer_args[i], name=f'{name}_{first + i}')` on x for i in order, inside
+    `parent` (`first` numbers a stack applied in several parts).
 
     `remat` recomputes each layer in the backward. `scan` is a compile-time fast path: every run
-    of consecutive layers whose arguments agree (but for `drop_path_rate`) becomes one
+    of two or more consecutive layers whose arguments agree (but for `drop_path_rate`) becomes one
     `jax.lax.scan` over their parameters, stacked at call time, so XLA compiles one layer body
     per run instead of one per layer. The parameter tree is the unrolled one either way, so
     checkpoints and converters do not depend on it; dropout masks are drawn differently.
@@ -103,7 +105,7 @@ def apply_layers(parent: nn.Module, block: type[nn.Module], layer_args: Sequence
     if not scan or parent.is_initializing():  # init always unrolls to create the parameters
         layer = nn.remat(block, static_argnums=(2,)) if remat else block
         for i, args in enumerate(layer_args):
-            x = layer(**args, name=f'{name}_{i}')(x, deterministic)
+            x = layer(**args, name=f'{name}_{first + i}')(x, deterministic)
         return x
     params = nn.meta.unbox(parent.variables['params'])
     fixed = lambda args: {k: v for k, v in args.items() if k != 'drop_path_rate'}
@@ -112,10 +114,15 @@ def apply_layers(parent: nn.Module, block: type[nn.Module], layer_args: Sequence
         stop = start + 1
         while stop < len(layer_args) and fixed(layer_args[stop]) == fixed(layer_args[start]):
             stop += 1
+        if stop - start == 1:   # nothing to share; and the block may change the shape
+            layer = nn.remat(block, static_argnums=(2,)) if remat else block
+            x = layer(**layer_args[start], name=f'{name}_{first + start}')(x, deterministic)
+            start = stop
+            continue
         args = fixed(layer_args[start])
         rates = [layer_args[i]['drop_path_rate'] for i in range(start, stop)]
         stacked = jax.tree.map(lambda *p: jnp.stack(p),
-                               *(params[f'{name}_{i}'] for i in range(start, stop)))
+                               *(params[f'{name}_{first + i}'] for i in range(start, stop)))
         rngs = {} if deterministic else {
             'dropout': jax.random.split(parent.make_rng('dropout'), stop - start)}
 

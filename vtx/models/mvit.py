@@ -208,6 +208,8 @@ class MViT(nn.Module):
     # 'conv': grouped convolution; 'shifted_sum': the same pooling as slices x weights, far
     # faster on XLA:CPU (`vtx.kernels.pooling`), same parameters.
     pool_implementation: str = 'shifted_sum'
+    # Runs of equal blocks (MViT-B: blocks 4-12) as one scan: one block body to compile.
+    scan_layers: bool = False
 
     def schedule(self):
         return block_schedule(self.depth, self.embed_dim, self.num_heads, self.dim_mul,
@@ -280,23 +282,27 @@ class MViT(nn.Module):
         x = x + jnp.concatenate([pos_class, pos], axis=1).astype(x.dtype)
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
-        norm = functools.partial(layers.layer_norm, self.layer_norm_eps, dtype=self.dtype)
-        block = functools.partial(
-            nn.remat(MultiScaleBlock, static_argnums=(2,)) if self.remat else MultiScaleBlock,
+        # One partial of each kind for all blocks: `apply_layers` scans runs of equal arguments.
+        common = dict(
             attention=functools.partial(MultiScaleAttention, qkv_bias=self.qkv_bias,
                                         dtype=self.dtype,
                                         pool_implementation=self.pool_implementation),
-            norm=norm, mlp_ratio=self.mlp_ratio, dtype=self.dtype)
+            norm=functools.partial(layers.layer_norm, self.layer_norm_eps, dtype=self.dtype),
+            mlp_ratio=self.mlp_ratio, dtype=self.dtype)
         thw = tuple(thw)
-        for i, spec in enumerate(schedule):
-            if i == self.time_pruning_loc:
+        # The stack runs in parts that the selectors separate.
+        cuts = sorted({0, self.depth} | {loc for loc in (self.time_pruning_loc,
+                                                         self.space_pruning_loc)
+                                         if loc is not None and 0 <= loc < self.depth})
+        for start, stop in zip(cuts, cuts[1:]):
+            if start == self.time_pruning_loc:
                 frames = x[:, 1:].reshape(batch, thw[0], thw[1] * thw[2], -1)
                 frames = TemporalSelection(num_keep=time_keep,
                                            num_samples=self.selection_num_samples,
                                            dtype=self.dtype, name='time_selection')(frames, sigma)
                 thw = (time_keep,) + thw[1:]
                 x = jnp.concatenate([x[:, :1], frames.reshape(batch, -1, frames.shape[-1])], 1)
-            if i == self.space_pruning_loc:
+            if start == self.space_pruning_loc:
                 tokens = x[:, 1:].reshape(batch, *thw, -1)
                 tokens = SpatialWindowSelection(num_keep=space_keep,
                                                 num_samples=self.selection_num_samples,
@@ -304,9 +310,16 @@ class MViT(nn.Module):
                                                     tokens, sigma)
                 thw = tokens.shape[1:4]
                 x = jnp.concatenate([x[:, :1], tokens.reshape(batch, -1, tokens.shape[-1])], 1)
-            x = block(thw=thw, drop_path_rate=self.drop_path_rate * i / max(self.depth - 1, 1),
-                      name=f'blocks_{i}', **spec)(x, not train)
-            thw = pooled_grid(thw, spec['kernel_q'], spec['stride_q'])
+            block_args = []
+            for i in range(start, stop):
+                spec = schedule[i]
+                block_args.append(dict(common, **spec, thw=thw, drop_path_rate=(
+                    self.drop_path_rate * i / max(self.depth - 1, 1))))
+                thw = pooled_grid(thw, spec['kernel_q'], spec['stride_q'])
+            x = layers.apply_layers(self, MultiScaleBlock, block_args, x, not train,
+                                    name='blocks', first=start, remat=self.remat,
+                                    scan=self.scan_layers)
+        norm = common['norm']
         x = norm(name='norm')(x)
         features = x[:, 0]
         y = nn.Dropout(self.dropout_rate)(features, deterministic=not train)
