@@ -20,7 +20,8 @@ in the same run: a large square matmul in the model's compute dtype on the same 
 Fast paths are config fields, so each is benchmarked by an override, e.g.
 `--config.model.dtype=bfloat16` (fp32 master params), `--config.model.remat=True`,
 `--config.model.attention_implementation=jax|cudnn` (global attention; cuDNN flash on GPU),
-`--config.model.fused_qkv=True`, `--config.model.scan_layers=True` (ViT/TokShift, XViT),
+`--config.model.fused_qkv=True` (ViT/TokShift, XViT), `--config.model.scan_layers=True` (those
+and MViT),
 `--config.model.pool_implementation=shifted_sum` (MViT pooling without grouped convolutions).
 """
 import argparse
