@@ -1,6 +1,6 @@
 """Fast paths that change how a model computes, not what: `fused_qkv` and `scan_layers` keep the
 parameter tree, and give the reference path's logits and gradients; scan really scans (ViT,
-XViT, and MViT/STTS-MViT, whose selectors split the stack).
+XViT, and STTS-MViT, whose selectors split the stack).
 
 (That they also reproduce the official logits is `test_benchmark.py::
 test_fast_paths_keep_official_parity`.)"""
@@ -22,15 +22,14 @@ def tiny(family, **fields):
         return VideoViT(num_classes=5, num_frames=FRAMES, image_size=16, patch_size=8,
                         hidden_size=32, mlp_dim=48, num_heads=4, num_layers=3,
                         temporal='token_shift', head_zero_init=False, **fields)
-    if family in ('mvit', 'stts'):
-        # 5 blocks: block 0 widens, block 1 pools q, blocks 2-4 are equal; STTS selects frames
-        # before block 0 and a window before block 3, which splits that run.
-        selection = (dict(time_pruning_loc=0, time_left_ratio=0.5, space_pruning_loc=3,
-                          space_left_ratio=0.5, selection_num_samples=20)
-                     if family == 'stts' else {})
+    if family == 'stts':
+        # STTS-MViT, 5 blocks: block 0 widens, block 1 pools q, blocks 2-4 are equal, but the
+        # window selection before block 3 splits them: one scan, of blocks 3-4.
         return MViT(num_classes=5, num_frames=FRAMES, image_size=48, embed_dim=8, depth=5,
                     dim_mul=((1, 2.0),), head_mul=((1, 2.0),), pool_q_stride=((1, 1, 2, 2),),
-                    pool_kv_stride_adaptive=(1, 4, 4), **selection, **fields)
+                    pool_kvq_kernel=(1, 3, 3), pool_kv_stride_adaptive=(1, 4, 4),
+                    time_pruning_loc=0, time_left_ratio=0.5, space_pruning_loc=3,
+                    space_left_ratio=0.5, selection_num_samples=20, **fields)
     # Mixing in blocks 0 and 2 only: the scan splits the stack into runs of equal blocks.
     return XViT(num_classes=5, image_size=16, patch_size=8, pos_embed_image_size=16,
                 hidden_size=32, mlp_dim=48, num_heads=4, num_layers=4, mixing_layers=(0, 1, 3),
@@ -43,7 +42,7 @@ def video(size=16):
 
 
 def video_for(family):
-    return video(48 if family in ('mvit', 'stts') else 16)
+    return video(48 if family == 'stts' else 16)
 
 
 def loss_and_grads(model, params, x, train=False, rng=None):
@@ -61,9 +60,9 @@ def loss_and_grads(model, params, x, train=False, rng=None):
     (family, fields) for family in ('vit', 'xvit') for fields in (
         {'fused_qkv': True}, {'scan_layers': True},
         {'scan_layers': True, 'remat': True, 'fused_qkv': True})] + [
-    ('mvit', {'scan_layers': True, 'remat': True}), ('stts', {'scan_layers': True})],
+    ('stts', {'scan_layers': True, 'remat': True})],
     ids=['vit-fused_qkv', 'vit-scan', 'vit-scan_remat_fused', 'xvit-fused_qkv', 'xvit-scan',
-         'xvit-scan_remat_fused', 'mvit-scan_remat', 'stts-scan'])
+         'xvit-scan_remat_fused', 'stts-scan_remat'])
 def test_same_tree_logits_and_grads(family, fields):
     x = video_for(family)
     reference = tiny(family)
@@ -84,8 +83,7 @@ def test_same_tree_logits_and_grads(family, fields):
                  fast_grads, ref_grads)
 
 
-@pytest.mark.parametrize('family,runs', [('vit', [3]), ('xvit', [2]), ('mvit', [3]),
-                                         ('stts', [2])])
+@pytest.mark.parametrize('family,runs', [('vit', [3]), ('xvit', [2]), ('stts', [2])])
 def test_scan_compiles_one_body_per_run(family, runs):
     """Runs of two or more equal blocks are one scan each (a lone block, which may change the
     shape, is applied as it is); drop-path rates differ per layer and still train."""
