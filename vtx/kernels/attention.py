@@ -115,7 +115,8 @@ CHUNK_BYTES = 4 << 20
 def _chunking(query, key):
     """(chunk, count) along the last leading axis of q ([..., L, heads, hd]), or None when the
     scores are small, the backend is not a CPU, there is no leading axis to split, or a size is
-    symbolic."""
+    symbolic. Decided when tracing, by the default backend: a fixed-batch artefact exported on
+    a CPU host for a GPU keeps the loop (the same results, run in sequence)."""
     lead = query.shape[:-3]
     sizes = (*query.shape, key.shape[-3])
     if (jax.default_backend() != 'cpu' or not lead
