@@ -206,8 +206,9 @@ def _attention_backward(residuals, do):
         dq, dk, dv, ds = _heads_first_backward(q, k, v, o, p, _swap_heads(do.astype(v.dtype)))
         dbias = None if bias is None else _bias_gradient(ds, bias.shape, bias.dtype)
         return _swap_heads(dq), _swap_heads(dk), _swap_heads(dv), dbias, None
-    do = _swap_heads(_to_chunks(do.astype(v.dtype), rank, (q.shape[1], q.shape[0])))
-    bias_c = None if bias is None else _to_chunks(bias, rank, (q.shape[1], q.shape[0]))
+    chunking = (q.shape[1], q.shape[0])   # q is [count, chunk, ...]
+    do = _swap_heads(_to_chunks(do.astype(v.dtype), rank, chunking))
+    bias_c = None if bias is None else _to_chunks(bias, rank, chunking)
     shared = bias_c is not None and bias_c.shape[0] == 1
 
     def step(total, xs):
