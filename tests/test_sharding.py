@@ -2,6 +2,7 @@
 CPU devices, in a subprocess)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -42,7 +43,11 @@ def run_layouts():
             state, metrics = built.train_step(state, jax.device_put(b, built.batch_sharding))
             losses.append(float(metrics['loss']))
         kernel = state.params['layer_1']['ffn']['fc1']['kernel']
-        results[name] = {'losses': losses,
+        hlo = built.train_step.lower(state, jax.device_put(batches[0], built.batch_sharding)
+                                     ).compile().as_text()
+        results[name] = {'losses': losses, 'all_gathered': re.findall(
+                             r'= \w+\[([\d,]*)\]\S* all-gather(?:-start)?\(', hlo),
+                         'param_shapes': [list(x.shape) for x in jax.tree.leaves(state.params)],
                          'params': [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.params)],
                          'kernel_sharding': str(kernel.sharding.spec), 'devices': len(mesh.devices.flat)}
     print('RESULTS' + json.dumps(results))
@@ -65,7 +70,16 @@ def test_sharded_step_matches_single_device():
     assert 'data' in results['fsdp8']['kernel_sharding']
     assert 'model' in results['data4_model2']['kernel_sharding']
     assert 'data' not in results['data8']['kernel_sharding']  # replicated over the data axis
-
+    # FSDP gathers weights, never activations: beyond what its replicated layout gathers, no
+    # all-gather is larger than the largest parameter. (XLA's partitioner gathered the clips and
+    # activations of the whole micro-batch until `sharding.gather_params` placed the weights.)
+    size = lambda shape: int(np.prod([int(d) for d in shape.split(',') if d]))
+    largest_param = max(int(np.prod(s)) for s in results['fsdp8']['param_shapes'])
+    for name, replicated in (('fsdp8', 'data8'), ('fsdp4_model2', 'data4_model2')):
+        allowed = max([largest_param] + [size(s) for s in results[replicated]['all_gathered']])
+        assert results[name]['all_gathered'], name
+        assert max(map(size, results[name]['all_gathered'])) <= allowed, (
+            name, results[name]['all_gathered'])
 
 if __name__ == '__main__':
     sys.path.insert(0, os.path.dirname(HERE))

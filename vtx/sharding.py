@@ -48,8 +48,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def param_shardings(boxed_params, mesh: Mesh, mesh_config):
-    """NamedShardings for a tree of `nn.LogicallyPartitioned` abstract params (from eval_shape)."""
+def param_shardings(boxed_params, mesh: Mesh, mesh_config, *, fsdp: bool = True):
+    """NamedShardings for a tree of `nn.LogicallyPartitioned` abstract params (from eval_shape):
+    where each parameter is stored. With `fsdp=False`, where it is used: the same placement
+    without the FSDP split over 'data' (what `gather_params` gathers to)."""
     logical = nn.get_partition_spec(boxed_params)
     specs = nn.logical_to_mesh(logical, LOGICAL_RULES)
     shapes = nn.meta.unbox(boxed_params)
@@ -60,7 +62,7 @@ def param_shardings(boxed_params, mesh: Mesh, mesh_config):
 
     def place(spec, leaf):
         spec = tuple(spec) + (None,) * (len(leaf.shape) - len(spec))
-        if (mesh_config.param_sharding == 'fsdp' and data_size > 1
+        if (fsdp and mesh_config.param_sharding == 'fsdp' and data_size > 1
                 and np.prod(leaf.shape) >= mesh_config.fsdp_min_size):
             free = [i for i, (axis, n) in enumerate(zip(spec, leaf.shape))
                     if axis is None and n % data_size == 0]
@@ -70,3 +72,17 @@ def param_shardings(boxed_params, mesh: Mesh, mesh_config):
         return NamedSharding(mesh, P(*spec))
 
     return jax.tree.map(place, specs, shapes, is_leaf=lambda x: isinstance(x, P))
+
+
+def gather_params(params, gathered_shardings):
+    """`params` constrained to `gathered_shardings` (None: left as they are).
+
+    FSDP stores each parameter split over 'data', the axis that also splits the batch. Left to
+    itself, XLA's SPMD partitioner may keep a weight split and gather the batch instead: FSDP
+    TokShift and XViT train steps gathered the input frames and the MLP activations of the whole
+    global batch on every device, and needed twice the memory of the replicated step. Constrained
+    here, each weight is all-gathered where the model uses it, and its gradient reduce-scattered
+    back."""
+    if gathered_shardings is None:
+        return params
+    return jax.lax.with_sharding_constraint(params, gathered_shardings)

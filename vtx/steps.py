@@ -57,8 +57,9 @@ def topk_correct(scores, labels, k: int):
     return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def train_step(state: TrainState, batch, *, model, tx, schedule, config):
-    """One optimizer step on the global batch, split into `grad_accum_steps` micro-batches."""
+def train_step(state: TrainState, batch, *, model, tx, schedule, config, gathered=None):
+    """One optimizer step on the global batch, split into `grad_accum_steps` micro-batches.
+    `gathered`: where FSDP-stored parameters are used (`sharding.gather_params`)."""
     accum = config.train.grad_accum_steps
     base_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
     extra = {}
@@ -76,8 +77,8 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, config):
             labels = labels if labels.ndim == 2 else jax.nn.one_hot(labels, config.data.num_classes)
             images, labels = mixup_cutmix(mix_rng, images, labels, config.data.mixup_alpha,
                                           config.data.cutmix_alpha)
-        logits = model.apply({'params': params}, images, train=True, rngs={'dropout': dropout_rng},
-                             **extra)
+        logits = model.apply({'params': sharding.gather_params(params, gathered)}, images,
+                             train=True, rngs={'dropout': dropout_rng}, **extra)
         # The loss (log-softmax and mean) in float32 whatever the compute dtype.
         logits = logits.astype(jnp.float32)
         loss = cross_entropy(logits, labels, config.train.label_smoothing).mean()
@@ -135,11 +136,12 @@ def eval_features(model, params, clips):
     return features.reshape(features.shape[0], -1, features.shape[-1]).mean(1).astype(jnp.float32)
 
 
-def eval_step(params, batch, *, model, config):
+def eval_step(params, batch, *, model, config, gathered=None):
     """Sums over the (masked) batch of per-video loss and top-1/top-5 after multi-view aggregation."""
     images = batch['image']  # [B, V, T, H, W, 3]
     b, v = images.shape[:2]
-    logits = eval_logits(model, params, images.reshape(b * v, *images.shape[2:]))
+    logits = eval_logits(model, sharding.gather_params(params, gathered),
+                         images.reshape(b * v, *images.shape[2:]))
     scores = aggregate_views(logits.reshape(b, v, -1), config.data.eval_aggregation)
     if config.data.eval_aggregation == 'probs':
         loss = -jnp.log(jnp.take_along_axis(scores, batch['label'][:, None], -1)[:, 0] + 1e-12)
@@ -183,6 +185,8 @@ def build(config, mesh: Mesh) -> Steps:
     model = build_model(config.model)
     boxed = abstract_variables(model, config)['params']
     params_sharding = sharding.param_shardings(boxed, mesh, config.mesh)
+    gathered = (sharding.param_shardings(boxed, mesh, config.mesh, fsdp=False)
+                if config.mesh.param_sharding == 'fsdp' else None)
     abstract_params = nn.meta.unbox(boxed)
     tx, schedule = optim.make_optimizer(config, abstract_params)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
@@ -210,9 +214,11 @@ def build(config, mesh: Mesh) -> Steps:
         abstract_state=abstract_state,
         init_state=jax.jit(init, out_shardings=state_sharding),
         train_step=jax.jit(
-            functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config),
+            functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config,
+                              gathered=gathered),
             in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, replicated),
             donate_argnums=(0,)),
-        eval_step=jax.jit(functools.partial(eval_step, model=model, config=config),
+        eval_step=jax.jit(functools.partial(eval_step, model=model, config=config,
+                                            gathered=gathered),
                           in_shardings=(params_sharding, batch_sharding), out_shardings=replicated),
         forward=make_forward(model))
