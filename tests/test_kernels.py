@@ -13,7 +13,7 @@ from vtx.errors import VtxError
 from vtx.kernels import attention as attention_kernel
 from vtx.kernels.attention import (attention, attention_with_weights, dot_product_attention,
                                    sum_to_shape)
-from vtx.kernels.pooling import shifted_sum_conv
+from vtx.kernels.pooling import _weight_gradient, shifted_sum_conv
 from vtx.kernels.projection import dense_projections
 from vtx.kernels.top_k import hard_top_k, perturbed_top_k
 
@@ -128,6 +128,22 @@ def test_shifted_sum_conv_is_the_depthwise_convolution(kernel, strides):
     grad = jnp.asarray(np.random.default_rng(4).normal(size=out.shape), jnp.float32)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
                  vjp(grad), reference_vjp(grad))
+
+
+@pytest.mark.parametrize('one_loop', [True, False])   # CPU's single variadic loop; elsewhere
+def test_pooling_weight_gradient_against_float64(one_loop):
+    """Both ways of summing the weight gradient against numpy in float64, per kernel offset."""
+    rng = np.random.default_rng(5)
+    kernel, strides, out = (3, 3, 3), (1, 2, 2), (3, 4, 4)
+    padded = rng.normal(size=(2, 5, 9, 9, 6)).astype(np.float32)
+    grad = rng.normal(size=(2, *out, 6)).astype(np.float32)
+    got = _weight_gradient(jnp.asarray(padded), jnp.asarray(grad),
+                           jnp.zeros((*kernel, 1, 6), jnp.float32), strides, one_loop=one_loop)
+    for offset in np.ndindex(*kernel):
+        window = padded[(slice(None), *(slice(k, k + s * (n - 1) + 1, s)
+                                        for k, s, n in zip(offset, strides, out)))]
+        expected = (window.astype(np.float64) * grad).reshape(-1, 6).sum(0)
+        np.testing.assert_allclose(got[offset][0], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_shifted_sum_conv_refuses_a_dense_convolution():

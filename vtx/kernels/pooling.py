@@ -102,22 +102,32 @@ def _depthwise_bwd(strides, padding, residuals, grad):
     return d_lhs.astype(padded.dtype), _weight_gradient(padded, grad, rhs, strides)
 
 
-def _weight_gradient(padded, grad, rhs, strides):
-    """d rhs [*kernel, 1, C]: per kernel offset, its window times grad summed over all but C.
+def _weight_gradient(padded, grad, rhs, strides, one_loop=None):
+    """d rhs [*kernel, 1, C]: per kernel offset, its window times grad summed over all but C,
+    accumulated in float32 whatever the dtype.
 
-    One variadic reduction with an output per offset: XLA:CPU emits it as a single loop that
-    reads each window in place. As one reduction per offset, each went to a YNNPACK fusion that
-    copied its window out first (27 copies and 27 reductions per pooling; 15% of STTS-MViT's
-    train step). The loop sums in order, so it keeps a partial sum per position of the last
-    spatial axis and adds those at the end: against float64, its error measured about 3x the
-    YNNPACK reductions' (a single running sum: 17x). Accumulated in float32 whatever the dtype."""
+    On CPU (`one_loop`, default: decided by the backend when tracing) it is one variadic
+    reduction with an output per offset, which XLA:CPU emits as a single loop that reads each
+    window in place. As one reduction per offset, each went to a YNNPACK fusion that copied its
+    window out first (27 copies and 27 reductions per pooling; 15% of STTS-MViT's train step).
+    The loop sums in order, so it keeps a partial sum per position of the last spatial axis and
+    adds those at the end: against float64, its error measured about 3x the YNNPACK reductions'
+    (a single running sum: 17x). GPU and TPU compilers fuse each window's slice into its own
+    reduction, and a 27-output reduction has not been tried there, so they keep one per offset.
+    """
+    if one_loop is None:
+        one_loop = jax.default_backend() == 'cpu'
     f32 = lambda x: x.astype(jnp.float32)
     products = [f32(window) * f32(grad) for _, window in
                 _strided_windows(padded, rhs.shape[:-2], strides, grad.shape[1:-1])]
-    partial = jax.lax.reduce(products, [np.float32(0)] * len(products),
-                             lambda a, b: tuple(x + y for x, y in zip(a, b)),
-                             tuple(range(grad.ndim - 2)))
-    return jnp.sum(jnp.stack(partial), axis=1).reshape(rhs.shape).astype(rhs.dtype)
+    if one_loop:
+        partial = jax.lax.reduce(products, [np.float32(0)] * len(products),
+                                 lambda a, b: tuple(x + y for x, y in zip(a, b)),
+                                 tuple(range(grad.ndim - 2)))
+        d_rhs = jnp.sum(jnp.stack(partial), axis=1)
+    else:
+        d_rhs = jnp.stack([jnp.sum(p, axis=tuple(range(grad.ndim - 1))) for p in products])
+    return d_rhs.reshape(rhs.shape).astype(rhs.dtype)
 
 
 def _stack_phases(by_phase, phases, prefix):
