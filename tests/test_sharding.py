@@ -43,11 +43,14 @@ def run_layouts():
             state, metrics = built.train_step(state, jax.device_put(b, built.batch_sharding))
             losses.append(float(metrics['loss']))
         kernel = state.params['layer_1']['ffn']['fc1']['kernel']
-        hlo = built.train_step.lower(state, jax.device_put(batches[0], built.batch_sharding)
-                                     ).compile().as_text()
+        placed = jax.device_put(batches[0], built.batch_sharding)
+        hlo = built.train_step.lower(state, placed).compile().as_text()
+        constraints = str(jax.make_jaxpr(built.train_step)(state, placed)).count(
+            'sharding_constraint')
         results[name] = {'losses': losses, 'all_gathered': re.findall(
                              r'= \w+\[([\d,]*)\]\S* all-gather(?:-start)?\(', hlo),
                          'param_shapes': [list(x.shape) for x in jax.tree.leaves(state.params)],
+                         'constraints': constraints,
                          'params': [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.params)],
                          'kernel_sharding': str(kernel.sharding.spec), 'devices': len(mesh.devices.flat)}
     print('RESULTS' + json.dumps(results))
@@ -70,6 +73,10 @@ def test_sharded_step_matches_single_device():
     assert 'data' in results['fsdp8']['kernel_sharding']
     assert 'model' in results['data4_model2']['kernel_sharding']
     assert 'data' not in results['data8']['kernel_sharding']  # replicated over the data axis
+    # The models' logical activation constraints act in the steps (flax drops them without rules
+    # and a mesh): each of the 2 blocks constrains its output and its MLP hidden activations.
+    for name in LAYOUTS:
+        assert results[name]['constraints'] >= 4, (name, results[name]['constraints'])
     # FSDP gathers weights, never activations: beyond what its replicated layout gathers, no
     # all-gather is larger than the largest parameter. (XLA's partitioner gathered the clips and
     # activations of the whole micro-batch until `sharding.gather_params` placed the weights.)

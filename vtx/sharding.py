@@ -5,6 +5,8 @@ parallelism on heads/MLP). Model code names its axes logically ('embed', 'heads'
 `LOGICAL_RULES` maps those names onto mesh axes, and `param_sharding='fsdp'` additionally
 shards every large parameter over 'data' along its largest divisible dimension.
 """
+import contextlib
+
 import jax
 import numpy as np
 import flax.linen as nn
@@ -86,3 +88,14 @@ def gather_params(params, gathered_shardings):
     if gathered_shardings is None:
         return params
     return jax.lax.with_sharding_constraint(params, gathered_shardings)
+
+
+@contextlib.contextmanager
+def constrain_activations(mesh: Mesh):
+    """Within it, the models' `nn.with_logical_constraint` calls place activations on `mesh` by
+    `LOGICAL_RULES` (batch over 'data', heads and MLP features over 'model'); outside, flax makes
+    them no-ops. The train and eval steps trace their model under it."""
+    # The abstract mesh, which (unlike `jax.set_mesh`) may be set inside a function being jitted.
+    with (jax.sharding.use_abstract_mesh(mesh.abstract_mesh),
+          nn.logical_axis_rules(LOGICAL_RULES)):
+        yield

@@ -57,7 +57,7 @@ def topk_correct(scores, labels, k: int):
     return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def train_step(state: TrainState, batch, *, model, tx, schedule, config, gathered=None):
+def train_step(state: TrainState, batch, *, model, tx, schedule, config, mesh, gathered=None):
     """One optimizer step on the global batch, split into `grad_accum_steps` micro-batches.
     `gathered`: where FSDP-stored parameters are used (`sharding.gather_params`)."""
     accum = config.train.grad_accum_steps
@@ -77,8 +77,9 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, config, gathere
             labels = labels if labels.ndim == 2 else jax.nn.one_hot(labels, config.data.num_classes)
             images, labels = mixup_cutmix(mix_rng, images, labels, config.data.mixup_alpha,
                                           config.data.cutmix_alpha)
-        logits = model.apply({'params': sharding.gather_params(params, gathered)}, images,
-                             train=True, rngs={'dropout': dropout_rng}, **extra)
+        with sharding.constrain_activations(mesh):
+            logits = model.apply({'params': sharding.gather_params(params, gathered)}, images,
+                                 train=True, rngs={'dropout': dropout_rng}, **extra)
         # The loss (log-softmax and mean) in float32 whatever the compute dtype.
         logits = logits.astype(jnp.float32)
         loss = cross_entropy(logits, labels, config.train.label_smoothing).mean()
@@ -136,12 +137,13 @@ def eval_features(model, params, clips):
     return features.reshape(features.shape[0], -1, features.shape[-1]).mean(1).astype(jnp.float32)
 
 
-def eval_step(params, batch, *, model, config, gathered=None):
+def eval_step(params, batch, *, model, config, mesh, gathered=None):
     """Sums over the (masked) batch of per-video loss and top-1/top-5 after multi-view aggregation."""
     images = batch['image']  # [B, V, T, H, W, 3]
     b, v = images.shape[:2]
-    logits = eval_logits(model, sharding.gather_params(params, gathered),
-                         images.reshape(b * v, *images.shape[2:]))
+    with sharding.constrain_activations(mesh):
+        logits = eval_logits(model, sharding.gather_params(params, gathered),
+                             images.reshape(b * v, *images.shape[2:]))
     scores = aggregate_views(logits.reshape(b, v, -1), config.data.eval_aggregation)
     if config.data.eval_aggregation == 'probs':
         loss = -jnp.log(jnp.take_along_axis(scores, batch['label'][:, None], -1)[:, 0] + 1e-12)
@@ -215,10 +217,10 @@ def build(config, mesh: Mesh) -> Steps:
         init_state=jax.jit(init, out_shardings=state_sharding),
         train_step=jax.jit(
             functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config,
-                              gathered=gathered),
+                              mesh=mesh, gathered=gathered),
             in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, replicated),
             donate_argnums=(0,)),
-        eval_step=jax.jit(functools.partial(eval_step, model=model, config=config,
+        eval_step=jax.jit(functools.partial(eval_step, model=model, config=config, mesh=mesh,
                                             gathered=gathered),
                           in_shardings=(params_sharding, batch_sharding), out_shardings=replicated),
         forward=make_forward(model))
