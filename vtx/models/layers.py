@@ -29,6 +29,14 @@ def dense(features: int, axes: tuple[str, str], *, use_bias: bool = True, dtype:
         bias_init=nn.with_logical_partitioning(default_bias_init, (axes[1],)))
 
 
+def gelu(x):
+    """Exact (erf) GELU, x * Phi(x), evaluated as 0.5 x (1 + erf(x / sqrt 2)) like PyTorch's
+    `nn.GELU()`. `jax.nn.gelu(approximate=False)` uses erfc instead, which XLA:CPU evaluates
+    2.6x slower than erf (a 4.8M-element forward: 4.4 vs 1.7 ms); the two differ by at most
+    1e-6 absolute, in the far negative tail where GELU is about 0."""
+    return 0.5 * x * (1 + jax.lax.erf(x * jnp.sqrt(0.5).astype(x.dtype)))
+
+
 def layer_norm(eps: float, dtype: Dtype = jnp.float32, name: Optional[str] = None) -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=eps, dtype=dtype, name=name,
@@ -47,7 +55,7 @@ class Mlp(nn.Module):
         out_dim = x.shape[-1]
         x = dense(self.hidden_dim, ('embed', 'mlp'), dtype=self.dtype, name='fc1')(x)
         x = nn.with_logical_constraint(x, ('batch', 'length', 'mlp'))
-        x = nn.gelu(x, approximate=False)
+        x = gelu(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         x = dense(out_dim, ('mlp', 'embed'), dtype=self.dtype, name='fc2')(x)
         return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)

@@ -164,7 +164,7 @@ class MultiScaleBlock(nn.Module):
         x_norm = self.norm(name='norm2')(x)
         y = layers.dense(int(self.dim * self.mlp_ratio), ('embed', 'mlp'), dtype=self.dtype,
                          name='fc1')(x_norm)
-        y = nn.with_logical_constraint(nn.gelu(y, approximate=False), ('batch', 'length', 'mlp'))
+        y = nn.with_logical_constraint(layers.gelu(y), ('batch', 'length', 'mlp'))
         y = layers.dense(self.dim_out, ('mlp', 'embed'), dtype=self.dtype, name='fc2')(y)
         if self.dim != self.dim_out:
             x = layers.dense(self.dim_out, (None, 'embed'), dtype=self.dtype, name='proj')(x_norm)

@@ -49,14 +49,13 @@ class ScorePredictor(nn.Module):
     def __call__(self, z):
         dim = z.shape[-1]
         h = layers.layer_norm(SCORER_NORM_EPS, dtype=self.dtype, name='norm')(z)
-        h = nn.gelu(layers.dense(dim, (None, None), dtype=self.dtype, name='in_fc')(h),
-                    approximate=False)
+        h = layers.gelu(layers.dense(dim, (None, None), dtype=self.dtype, name='in_fc')(h))
         local, context = h[..., :dim // 2], h[..., dim // 2:]
         context = jnp.broadcast_to(context.mean(axis=-2, keepdims=True), context.shape)
         h = jnp.concatenate([local, context], axis=-1)
         for i, width in enumerate((dim // 2, dim // 4)):
-            h = nn.gelu(layers.dense(width, (None, None), dtype=self.dtype, name=f'out_fc{i}')(h),
-                        approximate=False)
+            h = layers.gelu(
+                layers.dense(width, (None, None), dtype=self.dtype, name=f'out_fc{i}')(h))
         return layers.dense(1, (None, None), dtype=self.dtype, name='out_fc2')(h)[..., 0].astype(
             jnp.float32)
 

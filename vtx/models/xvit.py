@@ -90,7 +90,7 @@ class TemporalHead(nn.Module):
             x = block(name=f'blocks_{i}')(x, deterministic)
         y = norm(name='mlp_head_norm')(x[:, 0])
         y = layers.dense(self.mlp_dim, ('embed', 'mlp'), dtype=self.dtype, name='mlp_head_fc1')(y)
-        y = nn.gelu(y, approximate=False)
+        y = layers.gelu(y)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
         return layers.dense(self.num_classes, ('mlp', 'classes'), dtype=self.dtype,
                             name='mlp_head_fc2')(y)
