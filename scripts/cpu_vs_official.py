@@ -93,7 +93,8 @@ def main(argv=None):
         sys.exit(2)
     host = xla_flags.host()
     print(f"{host['cpu_model']}: {host['threads']} of {host['cpus_online']} CPUs for XLA:CPU and "
-          f"torch; XLA_FLAGS={host['xla_flags']!r}", flush=True)
+          f"torch; XLA_FLAGS={host['xla_flags']!r}; GLIBC_TUNABLES={host['glibc_tunables']!r}; "
+          f"THP {host['thp_mode']}", flush=True)
     official = official_times(args.baseline)
     torch_then = baseline_torch_peak(args.baseline)
     if torch_then:
@@ -143,4 +144,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    xla_flags.restart_with_huge_pages()   # as vtx's commands do
     main()

@@ -125,3 +125,34 @@ def test_default_xla_flags_leave_the_users(monkeypatch):
     added = xla_flags.apply_defaults({'xla_cpu_enable_fast_math': 'true', 'xla_cpu_max_isa': 'AVX2'})
     assert added == ['--xla_cpu_max_isa=AVX2']
     assert os.environ['XLA_FLAGS'] == '--xla_cpu_enable_fast_math=false --xla_cpu_max_isa=AVX2'
+
+
+def test_huge_pages_environment_decides_from_glibc_thp_and_the_users_tunables():
+    from vtx import xla_flags
+    ask = lambda env, glibc=(2, 36), mode='madvise': xla_flags.huge_pages_environment(
+        env, glibc, mode)
+    assert ask({'A': '1'}) == {'A': '1', 'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
+    assert ask({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'})['GLIBC_TUNABLES'] == (
+        'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1')
+    assert ask({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}) is None   # the user's choice
+    assert ask({}, glibc=(2, 34)) is None                                # no such tunable
+    assert ask({}, mode='always') is None and ask({}, mode='never') is None
+
+
+def test_commands_restart_once_with_huge_pages(tmp_path):
+    """A command restarts itself with the tunable where it helps (this host decides), keeping
+    its interpreter options and arguments, and does not restart again."""
+    import subprocess
+    import sys
+    from vtx import xla_flags
+    env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+    expected = (xla_flags.huge_pages_environment(env) or {}).get('GLIBC_TUNABLES', '')
+    log = tmp_path / 'starts'
+    code = ('import os, sys; from vtx import xla_flags\n'
+            f'open({str(log)!r}, "a").write("start\\n")\n'
+            'xla_flags.restart_with_huge_pages()\n'
+            'print(os.environ.get("GLIBC_TUNABLES", ""), sys.argv[1:], sys.flags.optimize)')
+    out = subprocess.run([sys.executable, '-O', '-c', code, 'an', 'argument'], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.split('\n')[0] == f"{expected} ['an', 'argument'] 1"
+    assert log.read_text().count('start') == (2 if expected else 1)

@@ -108,7 +108,9 @@ def format_rates(rates: dict) -> str:
             f"{rates['peak']['flops_per_sec'] / 1e9:.0f} GFLOP/s"
             + (f", torch {torch_peak['flops_per_sec'] / 1e9:.0f} GFLOP/s ({torch_peak['threads']}"
                ' threads)' if torch_peak else '')
-            + (f"; XLA_FLAGS={rates['xla_flags']!r}" if rates['xla_flags'] else ''))
+            + (f"; XLA_FLAGS={rates['xla_flags']!r}" if rates['xla_flags'] else '')
+            + (f"; GLIBC_TUNABLES={rates['glibc_tunables']!r}" if rates['glibc_tunables'] else '')
+            + (f"; THP {rates['thp_mode']}" if rates['thp_mode'] else ''))
 
 
 def _random_batch(built: Steps, batch: int):
@@ -228,5 +230,12 @@ def main(argv=None):
         sys.exit(2)
 
 
-if __name__ == '__main__':
+
+def run():
+    """The `vtx-benchmark` command."""
+    xla_flags.restart_with_huge_pages()
     main()
+
+
+if __name__ == '__main__':
+    run()

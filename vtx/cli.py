@@ -8,6 +8,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF is only the input pipel
 from absl import app, flags  # noqa: E402
 
 from vtx import config as vtx_config  # noqa: E402
+from vtx import xla_flags  # noqa: E402
 from vtx.errors import VtxError  # noqa: E402
 
 
@@ -86,6 +87,7 @@ def _print_help(main):
 
 def run(main, program: str, define_flags=None):
     """Runs an absl `main` as the console command `program` (or its `python -m` module)."""
+    xla_flags.restart_with_huge_pages()
     _program[0] = program
     if define_flags is not None:
         define_flags()
