@@ -57,9 +57,9 @@ def _add(a, b):
 
 def _scale(q):
     """head_dim^-1/2, applied to the query before its product with the keys (as Swin and MViT
-    do; the ViTs scale the scores, the same up to rounding): scaling the scores instead makes
-    XLA:CPU materialise the scalar broadcast to their [..., N, N] shape, 0.2 s per Swin-T train
-    step."""
+    do; the ViTs scale the scores, the same up to rounding). Scaling the scores made XLA:CPU
+    materialise the scalar broadcast to their [..., N, N] shape for its YNNPACK fusions: in a
+    profile of the Swin-T train step, broadcasts took 0.38 s before and 0.10 s after."""
     return jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
 
 
