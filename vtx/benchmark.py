@@ -230,7 +230,6 @@ def main(argv=None):
         sys.exit(2)
 
 
-
 def run():
     """The `vtx-benchmark` command."""
     xla_flags.restart_with_huge_pages()

@@ -262,7 +262,6 @@ def main(argv=None):
     print(json.dumps(result, indent=1) if args.json else format_report(result))
 
 
-
 def run():
     """The `vtx-report` command."""
     xla_flags.restart_with_huge_pages()

@@ -63,8 +63,8 @@ def _erf_jvp(primals, tangents):
 def gelu(x):
     """Exact (erf) GELU, x * Phi(x), evaluated as 0.5 x (1 + erf(x / sqrt 2)) like PyTorch's
     `nn.GELU()`. `jax.nn.gelu(approximate=False)` uses erfc instead, which XLA:CPU evaluates
-    2.6x slower than erf (a 4.8M-element forward: 4.4 vs 1.7 ms); the two differ by at most
-    1e-6 absolute, in the far negative tail where GELU is about 0."""
+    about twice as slowly (a 4.8M-element forward: 4.4 ms, against 2.2 ms with `erf` above);
+    value and slope stay within 2e-6 of float64 (tests/test_kernels.py)."""
     return 0.5 * x * (1 + erf(x * jnp.sqrt(0.5).astype(x.dtype)))
 
 
