@@ -11,6 +11,21 @@ if REPO not in sys.path:
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 
+def primitive_sites(jaxpr, name: str) -> int:
+    """How many places in `jaxpr` (closed or not) apply primitive `name`, nested jaxprs (jit
+    calls, cond branches, scan and custom-derivative bodies) counted at each of their call sites,
+    as XLA compiles them: a printed jaxpr shows a body that several calls share only once."""
+    jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
+    sites = 0
+    for eqn in jaxpr.eqns:
+        sites += eqn.primitive.name == name
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if hasattr(getattr(sub, 'jaxpr', sub), 'eqns'):
+                    sites += primitive_sites(sub, name)
+    return sites
+
+
 def tiny_demo_config(data_dir, **overrides):
     """configs/demo.py shrunk to seconds: a 2-layer TokShift on a small synthetic set in data_dir."""
     from vtx import config as vtx_config

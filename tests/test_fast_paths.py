@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import primitive_sites
+from vtx.models import layers
 from vtx.models.mvit import MViT
 from vtx.models.vit import VideoViT
 from vtx.models.xvit import XViT
@@ -107,3 +109,43 @@ def test_unknown_attention_implementation_names_the_field():
     model = tiny('vit', attention_implementation='flash')
     with pytest.raises(VtxError, match=r"config.model.attention_implementation='flash'.*'cudnn'"):
         model.init(jax.random.PRNGKey(0), video())
+
+
+def test_stochastic_depth_keeps_each_branch_with_one_minus_its_rate():
+    """Layer i's branches are kept with probability 1 - rates[i], each sample and branch on its
+    own, and a kept branch is scaled by 1 / (1 - rates[i])."""
+    class Stack(nn.Module):
+        rates: tuple
+        deterministic: bool = False
+
+        @nn.compact
+        def __call__(self):
+            return layers.stochastic_depth(self, self.rates, 20000, self.deterministic)
+
+    draw = lambda stack: stack.apply({}, rngs={'dropout': jax.random.PRNGKey(0)})
+    scales = np.asarray(draw(Stack((0.0, 0.25, 0.5))))
+    assert scales.shape == (3, 2, 20000)
+    for rate, layer in zip((0.0, 0.25, 0.5), scales):
+        assert set(np.unique(layer)) <= {0.0, np.float32(1 / (1 - rate))}
+        np.testing.assert_allclose((layer > 0).mean(axis=1), 1 - rate, atol=0.015)
+    assert 0.2 < (scales[2, 0] == scales[2, 1]).mean() < 0.8   # branches drawn independently
+    assert draw(Stack((0.0, 0.25), deterministic=True)) is None
+    assert draw(Stack((0.0, 0.0))) is None
+
+
+@pytest.mark.parametrize('family,stacks', [('vit', 1), ('xvit', 1), ('stts', 2)])
+def test_stochastic_depth_is_one_draw_per_stack(family, stacks):
+    """All blocks' drop-path masks come from one draw per stack (the tiny STTS's window selector
+    cuts MViT's in two): drawn per residual branch, the random bits were expanded 2 x depth times in
+    the compiled step, about 5 s of STTS-MViT's 29 s train-step compile."""
+    x = video_for(family)
+    progress = {'train_progress': 0.5} if family == 'stts' else {}
+
+    def draws(rate):
+        model = tiny(family, drop_path_rate=rate)
+        params = model.init(jax.random.PRNGKey(0), x)['params']
+        jaxpr = jax.make_jaxpr(lambda p: model.apply(
+            {'params': p}, x, train=True, rngs={'dropout': jax.random.PRNGKey(1)},
+            **progress))(params)
+        return primitive_sites(jaxpr, 'random_bits')
+    assert draws(0.3) - draws(0.0) == stacks

@@ -67,6 +67,27 @@ def lr_multipliers(config, params):
     return _path_map(lambda name: next((m for p, m in rules if p.search(name)), 1.0), params)
 
 
+def global_norm(tree):
+    """The L2 norm of all of `tree`'s leaves together, in float32.
+
+    The per-leaf sums of squares are stacked and summed once; summed in Python, as optax's norm
+    does, they are a chain of one scalar add per leaf. With `clip_by_global_norm` below, MViT-B's
+    AdamW update alone compiled in 3.4-3.6 s of XLA:CPU, against 3.9-4.3 s with optax's clipping
+    (2.2-2.4 s unclipped): 1693 kernels instead of 2006."""
+    squares = [jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)]
+    return jnp.sqrt(jnp.sum(jnp.stack(squares)))
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """torch.nn.utils.clip_grad_norm_, as the official recipes clip: the gradients times
+    min(1, max_norm / (global norm + 1e-6)). A multiply (optax divides by the norm) lets XLA fuse
+    the scaling into the optimizer's update of each leaf."""
+    def update(updates, state, params=None):
+        factor = jnp.minimum(1.0, max_norm / (global_norm(updates) + 1e-6))
+        return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(config, params) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """params may be abstract (shapes only): only their tree structure and paths are used."""
     opt = config.optimizer
@@ -74,7 +95,7 @@ def make_optimizer(config, params) -> tuple[optax.GradientTransformation, optax.
     mask = decay_mask(config, params)
     chain = []
     if opt.grad_clip_norm > 0:
-        chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))
+        chain.append(clip_by_global_norm(opt.grad_clip_norm))
     if opt.name == 'sgd':
         # PyTorch SGD adds weight decay to the gradient before momentum.
         if opt.weight_decay > 0:

@@ -167,12 +167,12 @@ def step_costs(fn, args, params, mode: str, compile: bool = True):
     train step on CPU): the FLOPs then come from the unoptimised HLO (within ~0.5% of the
     compiled count) and there is no memory analysis (None, None for the executable).
     """
-    macs = traced_macs(fn, args, params)
     start = time.perf_counter()
     lowered = fn.lower(*args)
     lowered_at = time.perf_counter()
     compiled = lowered.compile() if compile else None
     compiled_at = time.perf_counter()
+    macs = traced_macs(fn, args, params)  # after the timing: a trace before would be reused
     cost = (compiled or lowered).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     out = {'xla_flops': float(cost.get('flops', float('nan'))),

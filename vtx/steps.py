@@ -109,7 +109,7 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, config, mesh, g
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'top1': topk_correct(logits, labels, 1).mean(),
                'top5': topk_correct(logits, labels, 5).mean(), 'lr': schedule(state.step),
-               'grad_norm': optax.tree.norm(grads)}
+               'grad_norm': optim.global_norm(grads)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

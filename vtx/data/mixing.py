@@ -31,24 +31,28 @@ def mixup_cutmix(rng, images, labels_onehot, mixup_alpha: float = 0.0, cutmix_al
     smoothed) -> mixed (images, labels). Returns the inputs unchanged when both alphas are 0."""
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         return images, labels_onehot
-    r_switch, r_mix, r_cut, r_box = jax.random.split(rng, 4)
+    r_switch, r_lam, r_box = jax.random.split(rng, 3)
     height, width = images.shape[-3], images.shape[-2]
     partner = images[::-1]
+    if cutmix_alpha <= 0 or mixup_alpha <= 0:
+        use_cutmix = mixup_alpha <= 0
+    else:
+        use_cutmix = jax.random.uniform(r_switch) < switch_prob
+    # One Beta draw with the chosen alpha, not one per branch: jax.random.beta is a rejection
+    # sampler whose loops XLA compiles anew for every call site.
+    alpha = jnp.where(use_cutmix, cutmix_alpha, mixup_alpha)
+    lam = jax.random.beta(r_lam, alpha, alpha)
 
-    def mixup():
-        lam = jax.random.beta(r_mix, mixup_alpha, mixup_alpha)
+    def mixup(lam):
         return (lam * images + (1 - lam) * partner).astype(images.dtype), lam
 
-    def cutmix():
-        box, lam = _cutmix_mask(r_box, jax.random.beta(r_cut, cutmix_alpha, cutmix_alpha),
-                                height, width)
+    def cutmix(lam):
+        box, lam = _cutmix_mask(r_box, lam, height, width)
         return jnp.where(box[:, :, None], partner, images), lam
 
-    if cutmix_alpha <= 0:
-        mixed, lam = mixup()
-    elif mixup_alpha <= 0:
-        mixed, lam = cutmix()
+    if isinstance(use_cutmix, bool):
+        mixed, lam = (cutmix if use_cutmix else mixup)(lam)
     else:
-        mixed, lam = jax.lax.cond(jax.random.uniform(r_switch) < switch_prob, cutmix, mixup)
+        mixed, lam = jax.lax.cond(use_cutmix, cutmix, mixup, lam)
     lam = lam.astype(labels_onehot.dtype)
     return mixed, lam * labels_onehot + (1 - lam) * labels_onehot[::-1]

@@ -145,11 +145,10 @@ class MultiScaleBlock(nn.Module):
     kernel_kv: tuple = ()
     stride_kv: tuple = ()
     mlp_ratio: float = 4.0
-    drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, deterministic: bool = True):
+    def __call__(self, x, deterministic: bool = True, drop_path=None):
         y = self.norm(name='norm1')(x)
         y = self.attention(dim=self.dim, num_heads=self.num_heads, thw=self.thw,
                            kernel_q=self.kernel_q, stride_q=self.stride_q,
@@ -160,7 +159,7 @@ class MultiScaleBlock(nn.Module):
             grid = nn.max_pool(grid, skip_kernel, strides=self.stride_q,
                                padding=[(k // 2, k // 2) for k in skip_kernel])
             x = jnp.concatenate([x[:, :1], grid.reshape(x.shape[0], -1, self.dim)], axis=1)
-        x = x + layers.DropPath(rate=self.drop_path_rate)(y, deterministic)
+        x = x + layers.drop_path(y, drop_path, 0)
         x_norm = self.norm(name='norm2')(x)
         y = layers.dense(int(self.dim * self.mlp_ratio), ('embed', 'mlp'), dtype=self.dtype,
                          name='fc1')(x_norm)
@@ -168,7 +167,7 @@ class MultiScaleBlock(nn.Module):
         y = layers.dense(self.dim_out, ('mlp', 'embed'), dtype=self.dtype, name='fc2')(y)
         if self.dim != self.dim_out:
             x = layers.dense(self.dim_out, (None, 'embed'), dtype=self.dtype, name='proj')(x_norm)
-        x = x + layers.DropPath(rate=self.drop_path_rate)(y, deterministic)
+        x = x + layers.drop_path(y, drop_path, 1)
         return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
 
@@ -290,6 +289,7 @@ class MViT(nn.Module):
             norm=functools.partial(layers.layer_norm, self.layer_norm_eps, dtype=self.dtype),
             mlp_ratio=self.mlp_ratio, dtype=self.dtype)
         thw = tuple(thw)
+        rates = np.linspace(0, self.drop_path_rate, self.depth).tolist()
         # The stack runs in parts that the selectors separate.
         cuts = sorted({0, self.depth} | {loc for loc in (self.time_pruning_loc,
                                                          self.space_pruning_loc)
@@ -313,12 +313,11 @@ class MViT(nn.Module):
             block_args = []
             for i in range(start, stop):
                 spec = schedule[i]
-                block_args.append(dict(common, **spec, thw=thw, drop_path_rate=(
-                    self.drop_path_rate * i / max(self.depth - 1, 1))))
+                block_args.append(dict(common, **spec, thw=thw))
                 thw = pooled_grid(thw, spec['kernel_q'], spec['stride_q'])
             x = layers.apply_layers(self, MultiScaleBlock, block_args, x, not train,
-                                    name='blocks', first=start, remat=self.remat,
-                                    scan=self.scan_layers)
+                                    name='blocks', drop_path_rates=rates[start:stop],
+                                    first=start, remat=self.remat, scan=self.scan_layers)
         norm = common['norm']
         x = norm(name='norm')(x)
         features = x[:, 0]

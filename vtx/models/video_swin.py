@@ -170,10 +170,9 @@ class SwinBlock(nn.Module):
     win: Sequence[int]
     shift: Sequence[int]
     mlp_ratio: float = 4.0
-    drop_path_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, x, deterministic: bool = True):
+    def __call__(self, x, deterministic: bool = True, drop_path=None):
         b, d, h, w, c = x.shape
         y = self.norm(name='norm1')(x)
         y = pad_to_multiple(y, self.win)  # after norm1: padded tokens are exact zeros
@@ -187,10 +186,10 @@ class SwinBlock(nn.Module):
         y = window_reverse(y, self.win, padded)
         if shifted:
             y = jnp.roll(y, list(self.shift), axis=(1, 2, 3))
-        x = x + layers.DropPath(rate=self.drop_path_rate)(y[:, :d, :h, :w], deterministic)
+        x = x + layers.drop_path(y[:, :d, :h, :w], drop_path, 0)
         y = self.norm(name='norm2')(x).reshape(b, -1, c)
         y = self.mlp(hidden_dim=int(c * self.mlp_ratio), name='mlp')(y, deterministic)
-        return x + layers.DropPath(rate=self.drop_path_rate)(y.reshape(x.shape), deterministic)
+        return x + layers.drop_path(y.reshape(x.shape), drop_path, 1)
 
 
 class PatchMerging(nn.Module):
@@ -210,7 +209,7 @@ class PatchMerging(nn.Module):
 
 class SwinStage(nn.Module):
     """One stage: blocks (even unshifted, odd shifted) then, except for the last, PatchMerging."""
-    block: Any                    # partial of SwinBlock, missing attention, window, rate and name
+    block: Any                    # partial of SwinBlock, missing attention, window and name
     attentions: Sequence[Any]     # one WindowAttention partial per block
     window_size: Sequence[int]
     drop_path_rates: Sequence[float]
@@ -219,10 +218,11 @@ class SwinStage(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         win, shift = effective_window(x.shape[1:4], self.window_size)
+        scales = layers.stochastic_depth(self, self.drop_path_rates, x.shape[0], deterministic)
         for j, attention in enumerate(self.attentions):
             x = self.block(attention=attention, win=win, shift=shift if j % 2 else (0, 0, 0),
-                           drop_path_rate=self.drop_path_rates[j], name=f'blocks_{j}')(
-                               x, deterministic)
+                           name=f'blocks_{j}')(x, deterministic,
+                                               None if scales is None else scales[j])
         if self.downsample is not None:
             x = self.downsample(name='downsample')(x)
         return x

@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from vtx.errors import VtxError
 from vtx.models import layers
@@ -24,20 +25,19 @@ class EncoderBlock(nn.Module):
     norm: Any               # partial of layers.layer_norm, missing only `name`
     token_shift: Optional[Any] = None
     dropout_rate: float = 0.0
-    drop_path_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, x, deterministic: bool = True):
+    def __call__(self, x, deterministic: bool = True, drop_path=None):
         shift = self.token_shift() if self.token_shift is not None else (lambda y: y)
         x = shift(x)  # the shifted stream is also the residual, as in the official code
         y = self.norm(name='attention_norm')(x)
         y = self.attention(name='attn')(y, deterministic)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
-        x = x + layers.DropPath(rate=self.drop_path_rate)(y, deterministic)
+        x = x + layers.drop_path(y, drop_path, 0)
         x = shift(x)
         y = self.norm(name='ffn_norm')(x)
         y = self.mlp(name='ffn')(y, deterministic)
-        x = x + layers.DropPath(rate=self.drop_path_rate)(y, deterministic)
+        x = x + layers.drop_path(y, drop_path, 1)
         return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
 
@@ -108,11 +108,10 @@ class VideoViT(nn.Module):
             token_shift=(functools.partial(TokenShift, num_frames=self.num_frames,
                                            shift_div=self.shift_div)
                          if self.temporal == 'token_shift' else None))
-        layer_args = [
-            dict(block, drop_path_rate=self.drop_path_rate * i / max(self.num_layers - 1, 1))
-            for i in range(self.num_layers)]
-        x = layers.apply_layers(self, EncoderBlock, layer_args, x, not train, name='layer',
-                                remat=self.remat, scan=self.scan_layers)
+        x = layers.apply_layers(
+            self, EncoderBlock, [block] * self.num_layers, x, not train, name='layer',
+            drop_path_rates=np.linspace(0, self.drop_path_rate, self.num_layers).tolist(),
+            remat=self.remat, scan=self.scan_layers)
         x = norm(name='encoder_norm')(x)
         features = x[:, 0].reshape(batch, frames, self.hidden_size)
         head_init = nn.initializers.zeros if self.head_zero_init else layers.default_kernel_init

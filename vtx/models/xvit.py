@@ -49,16 +49,15 @@ class Block(nn.Module):
     attention: Any          # partial of SpaceTimeMixingAttention, missing only `name`
     mlp: Any                # partial of layers.Mlp, missing only `name`
     norm: Any               # partial of layers.layer_norm, missing only `name`
-    drop_path_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, x, deterministic: bool = True):
+    def __call__(self, x, deterministic: bool = True, drop_path=None):
         y = self.norm(name='norm1')(x)
         y = self.attention(name='attn')(y, deterministic)
-        x = x + layers.DropPath(rate=self.drop_path_rate)(y, deterministic)
+        x = x + layers.drop_path(y, drop_path, 0)
         y = self.norm(name='norm2')(x)
         y = self.mlp(name='mlp')(y, deterministic)
-        x = x + layers.DropPath(rate=self.drop_path_rate)(y, deterministic)
+        x = x + layers.drop_path(y, drop_path, 1)
         return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
 
@@ -192,11 +191,11 @@ class XViT(nn.Module):
                                              shift_div=self.shift_div)
         mlp = functools.partial(layers.Mlp, hidden_dim=self.mlp_dim, dtype=self.dtype)
         layer_args = [dict(attention=mixing_attention if i in mixing else attention, mlp=mlp,
-                           norm=norm,
-                           drop_path_rate=self.drop_path_rate * i / max(self.num_layers - 1, 1))
-                      for i in range(self.num_layers)]
-        x = layers.apply_layers(self, Block, layer_args, x, not train, name='blocks',
-                                remat=self.remat, scan=self.scan_layers)
+                           norm=norm) for i in range(self.num_layers)]
+        x = layers.apply_layers(
+            self, Block, layer_args, x, not train, name='blocks',
+            drop_path_rates=np.linspace(0, self.drop_path_rate, self.num_layers).tolist(),
+            remat=self.remat, scan=self.scan_layers)
         x = norm(name='norm')(x)
         features = x[:, 0].reshape(batch, frames, d)
         logits = TemporalHead(num_classes=self.num_classes, num_layers=self.head_num_layers,
