@@ -137,7 +137,7 @@ def test_stochastic_depth_keeps_each_branch_with_one_minus_its_rate():
 def test_stochastic_depth_is_one_draw_per_stack(family, stacks):
     """All blocks' drop-path masks come from one draw per stack (the tiny STTS's window selector
     cuts MViT's in two): drawn per residual branch, the random bits were expanded 2 x depth times in
-    the compiled step, about 5 s of STTS-MViT's 29 s train-step compile."""
+    the compiled step (STTS-MViT's SGD train step compiled in 24.1-24.9 s then, 22.7-22.9 s now)."""
     x = video_for(family)
     progress = {'train_progress': 0.5} if family == 'stts' else {}
 

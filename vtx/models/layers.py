@@ -143,14 +143,15 @@ class PatchEmbed(nn.Module):
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(x)
 
 
-def apply_layers(parent: nn.Module, block: type[nn.Module], layer_args: Sequence[dict], x,
-                 deterministic: bool, *, name: str, drop_path_rates: Sequence[float],
+def apply_layers(parent: nn.Module, block: Callable[..., nn.Module], layer_args: Sequence[dict],
+                 x, deterministic: bool, *, name: str, drop_path_rates: Sequence[float],
                  first: int = 0, remat: bool = False, scan: bool = False):
     """Runs `block(**layer_args[i], name=f'{name}_{first + i}')(x, deterministic, drop_path)` on
     x for i in order, inside `parent` (`first` numbers a stack applied in several parts), where
     `drop_path` is layer i's row of `stochastic_depth` for `drop_path_rates` (None in eval).
 
-    `remat` recomputes each layer in the backward. `scan` is a compile-time fast path: every run
+    `block` is a Module class, or a partial of one where `remat` is False (`nn.remat` wraps
+    classes). `remat` recomputes each layer in the backward. `scan` is a compile-time fast path: every run
     of two or more consecutive layers whose arguments agree becomes one `jax.lax.scan` over their
     parameters, stacked at call time, so XLA compiles one layer body per run instead of one per
     layer. The parameter tree is the unrolled one either way, so checkpoints and converters do

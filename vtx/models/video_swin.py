@@ -218,11 +218,11 @@ class SwinStage(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         win, shift = effective_window(x.shape[1:4], self.window_size)
-        scales = layers.stochastic_depth(self, self.drop_path_rates, x.shape[0], deterministic)
-        for j, attention in enumerate(self.attentions):
-            x = self.block(attention=attention, win=win, shift=shift if j % 2 else (0, 0, 0),
-                           name=f'blocks_{j}')(x, deterministic,
-                                               None if scales is None else scales[j])
+        # The block partial carries the remat wrapper already; the blocks differ, so none scans.
+        blocks = [dict(attention=attention, win=win, shift=shift if j % 2 else (0, 0, 0))
+                  for j, attention in enumerate(self.attentions)]
+        x = layers.apply_layers(self, self.block, blocks, x, deterministic, name='blocks',
+                                drop_path_rates=self.drop_path_rates)
         if self.downsample is not None:
             x = self.downsample(name='downsample')(x)
         return x
