@@ -54,11 +54,8 @@ def train_step_bytes(config, per_device_batch: int, devices) -> int:
                                 report._abstract_batch(built.config, batch))
     # The table estimates accelerators, where attention never runs in CPU-sized chunks: trace it
     # whole here too, or large attention (Swin's, 236 MB of scores a clip) would look smaller.
-    chunk_above, attention.CHUNK_ABOVE = attention.CHUNK_ABOVE, float('inf')
-    try:
+    with attention.unchunked():
         return report.peak_memory_bytes(fn.lower(*args).compile())
-    finally:
-        attention.CHUNK_ABOVE = chunk_above
 
 
 def rows_for(name: str, config, per_device_batch: int, devices, variants=VARIANTS) -> list[dict]:

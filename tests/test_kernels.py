@@ -53,14 +53,21 @@ def test_attention_is_the_textbook_formula():
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('chunk_bytes,plan', [
+    (2 * 6 * 2 * 5 * 5 * 4, (1, 2)),   # pairs of frames (all their windows and heads)
+    (2 * 2 * 5 * 5 * 4, (2, 2)),       # pairs of windows
+    (5 * 5 * 4, (3, 1)),               # single heads
+])
 @pytest.mark.parametrize('bias_shape,mask_shape', [
     ((2, 5, 5), (6, 1, 5, 5)),     # Video Swin: one bias for every window, a mask per window
     ((4, 1, 2, 5, 5), None),       # TPS: one bias per frame, shared by the windows
-    ((6, 2, 5, 5), None),          # a bias per window: the chunked axis
+    ((6, 2, 5, 5), None),          # a bias per window and head
     (None, None)])                 # ViT: neither
-def test_chunked_attention_and_its_vjp_equal_the_formula(monkeypatch, bias_shape, mask_shape):
-    """On CPU the attention runs in chunks of its last leading axis; forced here to 3 chunks of 2
-    windows, output and gradients (q, k, v, bias) equal autodiff of the unchunked formula."""
+def test_chunked_attention_and_its_vjp_equal_the_formula(monkeypatch, bias_shape, mask_shape,
+                                                         chunk_bytes, plan):
+    """On CPU large attention runs in chunks along the outermost axis whose slices fit; forced
+    here to chunks of frames, windows or heads, the output and the gradients (q, k, v, bias)
+    equal autodiff of the unchunked formula."""
     rng = np.random.default_rng(6)
     lead, n, heads, hd = (2, 4, 6), 5, 2, 4
     q, k, v = (jnp.asarray(rng.normal(size=(*lead, n, heads, hd)), jnp.float32) for _ in range(3))
@@ -69,8 +76,8 @@ def test_chunked_attention_and_its_vjp_equal_the_formula(monkeypatch, bias_shape
     mask = (None if mask_shape is None else
             jnp.asarray(np.where(rng.random(mask_shape) < 0.3, -100.0, 0.0), jnp.float32))
     monkeypatch.setattr(attention_kernel, 'CHUNK_ABOVE', 0)
-    monkeypatch.setattr(attention_kernel, 'CHUNK_BYTES', 2 * 2 * 4 * heads * n * n * 4)
-    assert attention_kernel._chunking(q, k) == (2, 3)
+    monkeypatch.setattr(attention_kernel, 'CHUNK_BYTES', chunk_bytes)
+    assert attention_kernel._chunk_plan((*lead, heads, n, n)) == plan
     cotangent = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
 
     def formula(q, k, v, bias):
@@ -88,6 +95,42 @@ def test_chunked_attention_and_its_vjp_equal_the_formula(monkeypatch, bias_shape
     for grad, ref in zip(pullback(cotangent), ref_pullback(cotangent)):
         assert grad.shape == ref.shape
         np.testing.assert_allclose(grad, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('chunked', [False, True])
+def test_segment_mask_is_its_additive_mask(monkeypatch, chunked):
+    """A SegmentMask (built inside each chunk) gives the bits of the [..., q, k] array it stands
+    for, output and gradients, whole and in chunks."""
+    rng = np.random.default_rng(7)
+    lead, n, heads, hd = (2, 4, 6), 5, 2, 4
+    q, k, v = (jnp.asarray(rng.normal(size=(*lead, n, heads, hd)), jnp.float32) for _ in range(3))
+    bias = jnp.asarray(rng.normal(size=(heads, n, n)), jnp.float32)
+    ids = jnp.asarray(rng.integers(0, 3, size=(4, 6, n)), jnp.int32)   # shared by the first axis
+    segments = attention_kernel.SegmentMask(ids, ids, jnp.float32(-100.0))
+    array = jnp.where(ids[..., None, :, None] == ids[..., None, None, :], 0.0, -100.0)
+    assert array.shape == (4, 6, 1, n, n)
+    np.testing.assert_array_equal(segments.additive(), array)
+    if chunked:
+        monkeypatch.setattr(attention_kernel, 'CHUNK_ABOVE', 0)
+        monkeypatch.setattr(attention_kernel, 'CHUNK_BYTES', 2 * 2 * 5 * 5 * 4)
+    cotangent = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+    out, pullback = jax.vjp(lambda *a: attention(*a, segments), q, k, v, bias)
+    ref, ref_pullback = jax.vjp(lambda *a: attention(*a, array), q, k, v, bias)
+    np.testing.assert_array_equal(out, ref)
+    jax.tree.map(np.testing.assert_array_equal, pullback(cotangent), ref_pullback(cotangent))
+
+
+def test_which_attention_runs_in_chunks():
+    """The measured rule (see CHUNK_ABOVE): on CPU, long sequences (Video Swin's 392-token
+    windows) chunk from 16 MiB of scores, in chunks of whole heads; ViT's 197 tokens stay whole
+    up to 64 MiB; nothing chunks under `unchunked` (the accelerator memory table)."""
+    assert attention_kernel._chunk_plan((1, 2, 64, 3, 392, 392)) == (2, 2)    # Swin-T stage 1
+    assert attention_kernel._chunk_plan((1, 2, 4, 12, 392, 392)) == (3, 6)    # stage 3
+    assert attention_kernel._chunk_plan((1, 2, 1, 24, 392, 392)) == (3, 6)    # stage 4, 28 MiB
+    assert attention_kernel._chunk_plan((16, 12, 197, 197)) is None           # XViT-B, 28 MiB
+    assert attention_kernel._chunk_plan((64, 12, 197, 197)) == (0, 2)         # 114 MiB
+    with attention_kernel.unchunked():
+        assert attention_kernel._chunk_plan((1, 2, 64, 3, 392, 392)) is None
 
 
 @pytest.mark.parametrize('shape,target', [

@@ -12,7 +12,9 @@ probabilities, where autodiff of the softmax kept several [..., N, N] tensors, a
 gradient of a bias broadcast over windows as a matmul with ones (XLA:CPU ran that reduction as a
 strided loop, 0.39 s per Swin-T stage-1 block).
 """
+import contextlib
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +57,38 @@ def _add(a, b):
     return b if a is None else a if b is None else a + b
 
 
+class SegmentMask(NamedTuple):
+    """An additive mask given by segment ids: a query and a key in different segments get `value`
+    added to their score, in the same segment 0 (Video Swin's shifted windows: -100). The ids
+    broadcast against the scores' leading axes: `query_ids` [..., q], `key_ids` [..., k].
+
+    The [..., q, k] mask is built only inside the computation that adds it (on CPU, per chunk),
+    never written out: as an array, Video Swin-T's stage-1 mask (39 MB) took 0.06 s of each
+    forward to build and lay out."""
+    query_ids: jax.Array
+    key_ids: jax.Array
+    value: jax.Array   # a scalar
+
+    def at_scores_rank(self, rank: int) -> 'SegmentMask':
+        """The ids as [..., 1, q, 1] and [..., 1, 1, k], broadcasting against rank-`rank` scores."""
+        return SegmentMask(_at_scores_rank(self.query_ids[..., None, :, None], rank),
+                           _at_scores_rank(self.key_ids[..., None, None, :], rank), self.value)
+
+    def additive(self):
+        """The additive [..., 1, q, k] mask, broadcasting against the scores."""
+        same = self.query_ids[..., None, :, None] == self.key_ids[..., None, None, :]
+        return jnp.where(same, jnp.zeros((), self.value.dtype), self.value)
+
+
+def additive_mask(mask):
+    """`mask` (an additive array, a SegmentMask or None) as an additive array or None."""
+    return mask.additive() if isinstance(mask, SegmentMask) else mask
+
+
+def _at_scores_rank(x, rank):
+    return None if x is None else x.reshape((1,) * (rank - x.ndim) + x.shape)
+
+
 def _scale(q):
     """head_dim^-1/2, applied to the query before its product with the keys (as Swin and MViT
     do; the ViTs scale the scores, the same up to rounding). Scaling the scores made XLA:CPU
@@ -64,16 +98,24 @@ def _scale(q):
 
 
 def _heads_first_attention(q, k, v, bias, dropout_rng=None, dropout_rate: float = 0.0):
-    """(context, weights), everything heads-first: q [..., h, q, d], k/v [..., h, k, d]."""
-    scores = jnp.einsum('...qd,...kd->...qk', q * _scale(q), k)
-    scores = scores.astype(jnp.float32)
+    """(context, weights), everything heads-first: q [..., h, q, d], k/v [..., h, k, d].
+
+    Without dropout the softmax's row sums divide the context [..., q, d] instead of the weights
+    [..., q, k]: eval, which drops the weights, then skips a pass over the scores (Swin-T 32x224
+    eval on 2 cores, alternating in one process: 1.282 -> 1.261 s; TPS-T 0.970 -> 0.922 s)."""
+    f32 = jnp.float32
+    scores = jnp.einsum('...qd,...kd->...qk', q * _scale(q), k).astype(f32)
     if bias is not None:
-        scores = scores + bias.astype(jnp.float32)
-    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        scores = scores + bias.astype(f32)
+    exp = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
+    inverse_sum = 1.0 / exp.sum(axis=-1, keepdims=True)
+    weights = (exp * inverse_sum).astype(v.dtype)
     if dropout_rate > 0:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
         weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0).astype(v.dtype)
-    return jnp.einsum('...qk,...kd->...qd', weights, v), weights
+        return jnp.einsum('...qk,...kd->...qd', weights, v), weights
+    context = jnp.einsum('...qk,...kd->...qd', exp.astype(v.dtype), v, preferred_element_type=f32)
+    return (context * inverse_sum).astype(v.dtype), weights
 
 
 def attention_with_weights(query, key, value, *, bias=None, dropout_rng=None,
@@ -110,81 +152,144 @@ def sum_to_shape(x, shape):
     return out.reshape(shape)
 
 
-# Attention whose scores exceed CHUNK_ABOVE runs, on CPU, as a loop over chunks of about
-# CHUNK_BYTES of scores. XLA:CPU runs the score product, bias, softmax and value product as one
-# fusion but materialises each [..., N, N] intermediate; chunks of a few MiB stay in cache.
-# Measured on 2 cores (forward; forward + backward): Swin-T stage 1, 128 windows of 3 x 392^2
-# scores (236 MB), 0.47 -> 0.16 s; 0.73 -> 0.51 s. Below ~64 MB the loop's own cost wins
-# (ViT-B, 16 frames, 30 MB: 0.038 -> 0.055 s forward).
+# On CPU, large attention runs as a loop over chunks of at most CHUNK_BYTES of scores. XLA:CPU runs
+# the score product, bias, softmax and value product as one YNNPACK fusion but materialises each
+# [..., N, N] intermediate; chunks of a few MiB stay in cache. Measured on 2 cores, whole models,
+# both settings compiled in one process and alternated (docs/performance.md, 2026-12-05):
+# - Long sequences (one head's scores over LONG_HEAD_SCORES: Video Swin's 392-token windows,
+#   MViT's pooled attention) chunk from LONG_CHUNK_ABOVE: Swin-T 32x224 eval took 1.52 s median
+#   with its stage-3 and stage-4 windows (56 and 28 MiB of scores) whole, 1.26 s in chunks.
+# - Shorter ones (ViT's 197 tokens, TPS's 49) from CHUNK_ABOVE: chunks from 16 MiB made XViT-B's
+#   (28 MiB) and TPS-T's evals 3% slower.
+# - Chunks of 4 MiB beat 2 and 8 MiB (Swin-T eval 1.26 against 1.29 and 1.35 s).
+# Without transparent huge pages whole attention is slower still: a lone Swin-T stage-3 forward
+# took 81 ms whole and 25 ms in chunks, against 33 and 29 ms with them.
 CHUNK_ABOVE = 64 << 20
+LONG_CHUNK_ABOVE = 16 << 20
+LONG_HEAD_SCORES = 256 << 10
 CHUNK_BYTES = 4 << 20
+_whole = False   # set by `unchunked`
 
 
-def _chunking(query, key):
-    """(chunk, count) along the last leading axis of q ([..., L, heads, hd]), or None when the
-    scores are small, the backend is not a CPU, there is no leading axis to split, or a size is
-    symbolic. Decided when tracing, by the default backend: a fixed-batch artefact exported on
-    a CPU host for a GPU keeps the loop (the same results, run in sequence)."""
-    lead = query.shape[:-3]
-    sizes = (*query.shape, key.shape[-3])
-    if (jax.default_backend() != 'cpu' or not lead
-            or not all(isinstance(n, int) for n in sizes)):   # symbolic (exported) batch
+@contextlib.contextmanager
+def unchunked():
+    """Within it, attention is traced whole on every backend, as an accelerator runs it (e.g. to
+    read an accelerator step's memory off a CPU compilation)."""
+    global _whole
+    before, _whole = _whole, True
+    try:
+        yield
+    finally:
+        _whole = before
+
+
+def _chunk_plan(scores_shape):
+    """(axis, size): attention whose heads-first scores have `scores_shape` ([..., heads, q, k])
+    runs in chunks of `size` along `axis` (a leading axis or the heads), each with all of the later
+    axes, in a loop over `axis` and the axes before it. None: it runs whole, as when the scores
+    are small, the backend is not a CPU or a size is symbolic. Decided when tracing, by the
+    default backend: a fixed-batch artefact exported on a CPU host for a GPU keeps the loop (the
+    same results, run in sequence)."""
+    if (_whole or jax.default_backend() != 'cpu'
+            or not all(isinstance(n, int) for n in scores_shape)):   # symbolic (exported) batch
         return None
-    heads, q_len, k_len = query.shape[-2], query.shape[-3], key.shape[-3]
-    per_slice = math.prod(lead[:-1]) * heads * q_len * k_len * 4
-    n = lead[-1]
-    if n * per_slice <= CHUNK_ABOVE:
+    total, head = math.prod(scores_shape) * 4, math.prod(scores_shape[-2:]) * 4
+    if total <= (LONG_CHUNK_ABOVE if head > LONG_HEAD_SCORES else CHUNK_ABOVE):
         return None
-    chunk = max([c for c in range(1, n + 1) if n % c == 0 and c * per_slice <= CHUNK_BYTES],
-                default=1)
-    return None if chunk == n else (chunk, n // chunk)
+    for axis in range(len(scores_shape) - 2):   # the outermost axis whose slices fit a chunk
+        per_slice = math.prod(scores_shape[axis + 1:]) * 4
+        if per_slice <= CHUNK_BYTES:
+            n = scores_shape[axis]
+            return axis, max(c for c in range(1, n + 1)
+                             if n % c == 0 and c * per_slice <= CHUNK_BYTES)
+    return None   # one head's scores exceed a chunk
 
 
-def _to_chunks(x, rank: int, chunking):
-    """x broadcasting against a rank-`rank` array whose last leading axis (at rank - 4) is being
-    chunked, as [count, chunk, ...] with that axis first; x of extent 1 there: [1, 1, ...]."""
-    x = x.reshape((1,) * (rank - x.ndim) + x.shape)
-    x = jnp.moveaxis(x, rank - 4, 0)
-    chunk, count = chunking
-    return x[None] if x.shape[0] == 1 else x.reshape(count, chunk, *x.shape[1:])
+def _chunk_count(scores_shape, plan):
+    axis, size = plan
+    return math.prod(scores_shape[:axis]) * (scores_shape[axis] // size)
 
 
-def _from_chunks(x, rank: int):
-    """Inverse of `_to_chunks` for a full-size result."""
-    return jnp.moveaxis(x.reshape(-1, *x.shape[2:]), 0, rank - 4)
+def _chunk_window(x, i, scores_shape, plan, token_major: bool = False):
+    """(starts, sizes): where chunk `i` of the scores lies in x. x broadcasts against the scores
+    (same rank; extent 1 on an axis it shares between chunks) or, `token_major`, is a whole
+    [..., length, heads, head_dim] input or output of the attention."""
+    axis, size = plan
+    index = []
+    for n in reversed((*scores_shape[:axis], scores_shape[axis] // size)):
+        index.append(i % n)
+        i = i // n
+    index = index[::-1]
+    index[axis] = index[axis] * size
+    heads_axis = len(scores_shape) - 3
+    starts, sizes = [0] * x.ndim, list(x.shape)
+    for a in range(axis + 1):
+        at = x.ndim - 2 if token_major and a == heads_axis else a
+        if x.shape[at] != 1:   # else shared by the chunks
+            starts[at], sizes[at] = index[a], size if a == axis else 1
+    return starts, sizes
+
+
+def _chunk_of(x, i, scores_shape, plan, token_major: bool = False):
+    """Chunk `i` of x (see `_chunk_window`) without the loop axes, heads-first."""
+    starts, sizes = _chunk_window(x, i, scores_shape, plan, token_major)
+    chunk = jax.lax.dynamic_slice(x, starts, sizes).reshape(sizes[plan[0]:])
+    return _swap_heads(chunk) if token_major else chunk
+
+
+def _add_to_chunk(total, i, chunk, scores_shape, plan, token_major: bool = False):
+    """total with `chunk` (shaped as `_chunk_of(total, ...)`) added at chunk `i`."""
+    starts, sizes = _chunk_window(total, i, scores_shape, plan, token_major)
+    chunk = (_swap_heads(chunk) if token_major else chunk).reshape(sizes)
+    return jax.lax.dynamic_update_slice(
+        total, jax.lax.dynamic_slice(total, starts, sizes) + chunk, starts)
+
+
+def _scores_shape(query, key_length: int):
+    """The heads-first scores' shape for a token-major query [..., q, heads, head_dim]."""
+    return (*query.shape[:-3], query.shape[-2], query.shape[-3], key_length)
 
 
 def _attention_forward(query, key, value, bias, mask):
-    """(output, residuals): the primal's output and what the backward needs (heads-first)."""
-    chunking = _chunking(query, key)
-    if chunking is None:
+    """(output, residuals): the primal's output and what the backward needs. Whole, residuals are
+    heads-first; in chunks they are the token-major inputs and output (each chunk transposes its
+    own slice, in cache) and the weights in chunks."""
+    scores_shape = _scores_shape(query, key.shape[-3])
+    plan = _chunk_plan(scores_shape)
+    if plan is None:
         q, k, v = _swap_heads(query), _swap_heads(key), _swap_heads(value)
-        o, p = _heads_first_attention(q, k, v, _add(bias, mask))
+        o, p = _heads_first_attention(q, k, v, _add(bias, additive_mask(mask)))
         return _swap_heads(o), (q, k, v, o, p, bias)
-    rank = query.ndim
-    split = lambda x: None if x is None else _to_chunks(x, rank, chunking)
-    q, k, v = (_swap_heads(split(x)) for x in (query, key, value))
-    bias_c, mask_c = split(bias), split(mask)
-    shared = lambda x: x is not None and x.shape[0] == 1   # the same for every chunk
+    rank = len(scores_shape)
+    bias_s = _at_scores_rank(bias, rank)
+    mask_s = (mask.at_scores_rank(rank) if isinstance(mask, SegmentMask) else
+              _at_scores_rank(mask, rank))
 
-    def step(xs):
-        i, qi, ki, vi = xs
-        pick = lambda x: None if x is None else x[0] if shared(x) else x[i]
-        return _heads_first_attention(qi, ki, vi, _add(pick(bias_c), pick(mask_c)))
+    def chunk(out, i):
+        of = lambda x, token_major=False: (None if x is None else
+                                           _chunk_of(x, i, scores_shape, plan, token_major))
+        mask_i = (SegmentMask(of(mask_s.query_ids)[..., 0, :, 0], of(mask_s.key_ids)[..., 0, 0, :],
+                              mask_s.value).additive()
+                  if isinstance(mask_s, SegmentMask) else of(mask_s))
+        o, p = _heads_first_attention(*(of(x, True) for x in (query, key, value)),
+                                      _add(of(bias_s), mask_i))
+        return _add_to_chunk(out, i, o, scores_shape, plan, True), p
 
-    o, p = jax.lax.map(step, (jnp.arange(chunking[1]), q, k, v))
-    return _from_chunks(_swap_heads(o), rank), (q, k, v, o, p, bias)
+    out = jnp.zeros(query.shape[:-1] + value.shape[-1:], value.dtype)
+    out, p = jax.lax.scan(chunk, out, jnp.arange(_chunk_count(scores_shape, plan)))
+    return out, (query, key, value, out, p, bias)
 
 
 @jax.custom_vjp
 def attention(query, key, value, bias, mask):
     """softmax(q k^T / sqrt(d) + bias + mask) v: [..., length, heads, head_dim] -> the query's
     shape. `bias` and `mask` are additive (or None) and broadcast against the [..., heads, q, k]
-    scores; the bias gets a gradient, the mask (Swin's 0/-100 shift mask) is a constant.
+    scores, the mask possibly as a SegmentMask; the bias gets a gradient, the mask (Swin's 0/-100
+    shift mask) is a constant.
 
     Eval runs the primal and drops the weights; the train step runs the same forward as the VJP's
-    and keeps them, so both compute the same bits. On CPU, large attention runs in chunks of the
-    last leading axis (windows, frames) of about CHUNK_BYTES of scores each."""
+    and keeps them, so both compute the same bits. On CPU, large attention runs in chunks of
+    about CHUNK_BYTES of scores (see `_chunk_plan`)."""
     return _attention_forward(query, key, value, bias, mask)[0]
 
 
@@ -208,29 +313,34 @@ def _bias_gradient(ds, bias_shape, dtype):
 
 def _attention_backward(residuals, do):
     q, k, v, o, p, bias = residuals
-    rank = do.ndim
-    if q.ndim == rank:   # not chunked
-        dq, dk, dv, ds = _heads_first_backward(q, k, v, o, p, _swap_heads(do.astype(v.dtype)))
+    do = do.astype(v.dtype)
+    scores_shape = _scores_shape(do, p.shape[-1])
+    plan = _chunk_plan(scores_shape)
+    if plan is None:
+        dq, dk, dv, ds = _heads_first_backward(q, k, v, o, p, _swap_heads(do))
         dbias = None if bias is None else _bias_gradient(ds, bias.shape, bias.dtype)
         return _swap_heads(dq), _swap_heads(dk), _swap_heads(dv), dbias, None
-    chunking = (q.shape[1], q.shape[0])   # q is [count, chunk, ...]
-    do = _swap_heads(_to_chunks(do.astype(v.dtype), rank, chunking))
-    bias_c = None if bias is None else _to_chunks(bias, rank, chunking)
-    shared = bias_c is not None and bias_c.shape[0] == 1
+    # Each chunk's gradients are added into whole-size float32 sums: a bias shared by several
+    # chunks (Swin's, by every window) sums over them; q, k and v get each chunk's once.
+    bias_s = _at_scores_rank(bias, len(scores_shape))
+    sums = tuple(jnp.zeros(x.shape, jnp.float32) for x in (q, k, v, bias_s) if x is not None)
 
-    def step(total, xs):
-        dq, dk, dv, ds = _heads_first_backward(*xs)
-        if bias_c is None:
-            return total, (dq, dk, dv, ())
-        dbias = _bias_gradient(ds, bias_c.shape[1:], bias.dtype)
-        return (total + dbias, (dq, dk, dv, ())) if shared else (total, (dq, dk, dv, dbias))
+    def chunk(sums, xs):
+        i, p_i = xs
+        of = lambda x: _chunk_of(x, i, scores_shape, plan, token_major=True)
+        dq, dk, dv, ds = _heads_first_backward(of(q), of(k), of(v), of(o), p_i, of(do))
+        sums_qkv = tuple(_add_to_chunk(s, i, g.astype(jnp.float32), scores_shape, plan, True)
+                         for s, g in zip(sums, (dq, dk, dv)))
+        if bias is None:
+            return sums_qkv, None
+        dbias = _bias_gradient(ds, _chunk_of(sums[3], i, scores_shape, plan).shape, jnp.float32)
+        return sums_qkv + (_add_to_chunk(sums[3], i, dbias, scores_shape, plan),), None
 
-    total = jnp.zeros(bias_c.shape[1:], bias.dtype) if shared else ()
-    total, (dq, dk, dv, dbias) = jax.lax.scan(step, total, (q, k, v, o, p, do))
-    dbias = (None if bias is None else
-             _from_chunks(total[None] if shared else dbias, rank).reshape(bias.shape))
-    back = lambda x: _from_chunks(_swap_heads(x), rank)
-    return back(dq), back(dk), back(dv), dbias, None
+    count = _chunk_count(scores_shape, plan)
+    sums, _ = jax.lax.scan(chunk, sums, (jnp.arange(count), p))
+    dq, dk, dv = (s.astype(x.dtype) for s, x in zip(sums, (q, k, v)))
+    dbias = None if bias is None else sums[3].reshape(bias.shape).astype(bias.dtype)
+    return dq, dk, dv, dbias, None
 
 
 attention.defvjp(_attention_forward, _attention_backward)
@@ -241,9 +351,9 @@ def dot_product_attention(query, key, value, *, bias=None, mask=None, dropout_rn
                           implementation: str = 'xla'):
     """softmax(q k^T / sqrt(d) + bias + mask) v over [..., length, heads, head_dim] inputs.
 
-    `bias` and `mask` are additive, as in `attention`. `implementation` is one of
-    ATTENTION_IMPLEMENTATIONS; the 'jax' and 'cudnn' paths serve global attention (no bias, mask
-    or attention dropout), which 'auto' falls back from.
+    `bias` and `mask` are additive, as in `attention` (the mask an array or a SegmentMask).
+    `implementation` is one of ATTENTION_IMPLEMENTATIONS; the 'jax' and 'cudnn' paths serve global
+    attention (no bias, mask or attention dropout), which 'auto' falls back from.
     """
     if implementation not in ATTENTION_IMPLEMENTATIONS:
         raise VtxError(f'config.model.attention_implementation={implementation!r}: use one of '
@@ -260,6 +370,6 @@ def dot_product_attention(query, key, value, *, bias=None, mask=None, dropout_rn
         return fused_attention(query, key, value,
                                'xla' if implementation == 'jax' else implementation)
     if dropping:  # the VJP keeps no dropout mask: attention dropout trains through autodiff
-        return attention_with_weights(query, key, value, bias=_add(bias, mask),
+        return attention_with_weights(query, key, value, bias=_add(bias, additive_mask(mask)),
                                       dropout_rng=dropout_rng, dropout_rate=dropout_rate)[0]
     return attention(query, key, value, bias, mask)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vtx.errors import VtxError
-from vtx.kernels.attention import dot_product_attention
+from vtx.kernels.attention import SegmentMask, dot_product_attention
 from vtx.models import layers
 from vtx.models.token_selection import TemporalSelection, top_k_sigma
 
@@ -60,7 +60,8 @@ def window_reverse(windows, win: Sequence[int], grid: Sequence[int]):
 
 
 def shift_mask(padded_grid: Sequence[int], win: Sequence[int], shift: Sequence[int]):
-    """Additive [nD, nS, 1, N, N] mask (0 / -100) for shifted windows on the padded, rolled grid.
+    """The 0/-100 mask of shifted windows on the padded, rolled grid, as a SegmentMask with ids
+    [nD, nS, N] (it adds the [nD, nS, 1, N, N] mask of the official code).
 
     Each axis has regions [0, P-win), [P-win, P-shift), [P-shift, P); an unshifted axis is a
     single region. Tokens from different regions must not attend to each other.
@@ -73,10 +74,8 @@ def shift_mask(padded_grid: Sequence[int], win: Sequence[int], shift: Sequence[i
         shape = [1, 1, 1]
         shape[axis] = p
         labels = labels * 3 + region.reshape(shape)
-    windows = np.asarray(window_partition(labels[None, ..., None], win))[0, ..., 0]
-    same = windows[..., :, None] == windows[..., None, :]
-    # Built on the traced side from the small label array: the [nWin, N, N] mask can be large.
-    return jnp.where(jnp.asarray(same), 0.0, MASK_VALUE)[:, :, None]
+    ids = jnp.asarray(np.asarray(window_partition(labels[None, ..., None], win))[0, ..., 0])
+    return SegmentMask(ids, ids, jnp.float32(MASK_VALUE))
 
 
 def relative_position_index(window: Sequence[int], coords_window: Optional[Sequence[int]] = None):
@@ -96,9 +95,10 @@ class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative position bias.
 
     Input [B, nD, nS, N, C] (windows grouped by temporal index nD and spatial index nS); `mask`
-    broadcasts against [nD, nS, heads, N, N]. Subclasses change the bias (`position_bias`) and
-    may mix tokens across windows before the projection and after attention. The attention itself
-    is `vtx.kernels.attention.attention`, whose hand-written VJP serves the train step.
+    (additive, or a SegmentMask) broadcasts against [nD, nS, heads, N, N]. Subclasses change the
+    bias (`position_bias`) and may mix tokens across windows before the projection and after
+    attention. The attention itself is `vtx.kernels.attention.attention`, whose hand-written VJP
+    serves the train step.
     """
     num_heads: int
     window_size: Sequence[int]
