@@ -120,6 +120,32 @@ def test_segment_mask_is_its_additive_mask(monkeypatch, chunked):
     jax.tree.map(np.testing.assert_array_equal, pullback(cotangent), ref_pullback(cotangent))
 
 
+@pytest.mark.parametrize('chunk_bytes', [None, 2 * 2 * 5 * 5 * 4, 5 * 5 * 4])  # windows, heads
+def test_packed_attention_is_attention_of_its_parts(monkeypatch, chunk_bytes):
+    """One packed [..., length, 3, heads, head_dim] projection (sliced by each chunk) gives the bits
+    of `attention` on its query, key and value, output and gradients, whole and in chunks."""
+    rng = np.random.default_rng(8)
+    lead, n, heads, hd = (2, 4, 6), 5, 2, 4
+    qkv = jnp.asarray(rng.normal(size=(*lead, n, 3, heads, hd)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(heads, n, n)), jnp.float32)
+    ids = jnp.asarray(rng.integers(0, 3, size=(4, 6, n)), jnp.int32)
+    mask = attention_kernel.SegmentMask(ids, ids, jnp.float32(-100.0))
+    if chunk_bytes:
+        monkeypatch.setattr(attention_kernel, 'CHUNK_ABOVE', 0)
+        monkeypatch.setattr(attention_kernel, 'CHUNK_BYTES', chunk_bytes)
+    cotangent = jnp.asarray(rng.normal(size=(*lead, n, heads, hd)), jnp.float32)
+    out, pullback = jax.vjp(lambda *a: attention_kernel.packed_attention(*a, mask), qkv, bias)
+    ref, ref_pullback = jax.vjp(lambda *a: attention(*a, mask),
+                                *(qkv[..., i, :, :] for i in range(3)), bias)
+    np.testing.assert_array_equal(out, ref)
+    dqkv, dbias = pullback(cotangent)
+    *ref_dqkv, ref_dbias = ref_pullback(cotangent)
+    np.testing.assert_array_equal(dqkv, jnp.stack(ref_dqkv, axis=-3))
+    np.testing.assert_array_equal(dbias, ref_dbias)
+    np.testing.assert_array_equal(
+        dot_product_attention(qkv, bias=bias, mask=mask), ref)
+
+
 def test_which_attention_runs_in_chunks():
     """The measured rule (see CHUNK_ABOVE): on CPU, long sequences (Video Swin's 392-token
     windows) chunk from 16 MiB of scores, in chunks of whole heads; ViT's 197 tokens stay whole

@@ -5,6 +5,8 @@ Inputs and outputs are token-major ([..., length, heads, head_dim]), the layout 
 produce, but every product runs heads-first ([..., heads, length, head_dim]): then each is a
 plain batched matmul. In the token-major layout XLA:CPU copies a transposed operand for every
 head and runs the products 2-4x slower (ViT-B, 16 frames: 0.15 s -> 0.04 s per forward).
+Self-attention may take its query, key and value packed as one projection gives them,
+[..., length, 3, heads, head_dim] (`packed_attention`).
 
 `attention_with_weights` is the one forward formula of vtx's attention. `attention` runs it with
 a hand-written VJP in the flash-attention form dS = P (dP - rowsum(dO O)): it keeps only the
@@ -210,10 +212,10 @@ def _chunk_count(scores_shape, plan):
     return math.prod(scores_shape[:axis]) * (scores_shape[axis] // size)
 
 
-def _chunk_window(x, i, scores_shape, plan, token_major: bool = False):
-    """(starts, sizes): where chunk `i` of the scores lies in x. x broadcasts against the scores
-    (same rank; extent 1 on an axis it shares between chunks) or, `token_major`, is a whole
-    [..., length, heads, head_dim] input or output of the attention."""
+def _chunk_window(x, i, scores_shape, plan, layout: str = 'scores'):
+    """(starts, sizes): where chunk `i` of the scores lies in x, an array in `layout` (see
+    `_heads_first`): one that broadcasts against the scores (same rank; extent 1 on an axis it
+    shares between chunks) or a whole input or output of the attention."""
     axis, size = plan
     index = []
     for n in reversed((*scores_shape[:axis], scores_shape[axis] // size)):
@@ -224,25 +226,68 @@ def _chunk_window(x, i, scores_shape, plan, token_major: bool = False):
     heads_axis = len(scores_shape) - 3
     starts, sizes = [0] * x.ndim, list(x.shape)
     for a in range(axis + 1):
-        at = x.ndim - 2 if token_major and a == heads_axis else a
+        at = x.ndim - 2 if layout != 'scores' and a == heads_axis else a
         if x.shape[at] != 1:   # else shared by the chunks
             starts[at], sizes[at] = index[a], size if a == axis else 1
     return starts, sizes
 
 
-def _chunk_of(x, i, scores_shape, plan, token_major: bool = False):
+def _heads_first(x, layout: str):
+    """x in `layout` as heads-first: 'scores' is that already; 'tokens' [..., length, heads,
+    head_dim] -> [..., heads, length, head_dim]; 'packed' [..., length, 3, heads, head_dim] (one
+    projection's query, key and value) -> [3, ..., heads, length, head_dim]."""
+    if layout == 'packed':
+        x = jnp.moveaxis(x, -3, 0)
+    return x if layout == 'scores' else _swap_heads(x)
+
+
+def _from_heads_first(x, layout: str):
+    """The inverse of `_heads_first`."""
+    x = x if layout == 'scores' else _swap_heads(x)
+    return jnp.moveaxis(x, 0, -3) if layout == 'packed' else x
+
+
+def _chunk_of(x, i, scores_shape, plan, layout: str = 'scores'):
     """Chunk `i` of x (see `_chunk_window`) without the loop axes, heads-first."""
-    starts, sizes = _chunk_window(x, i, scores_shape, plan, token_major)
-    chunk = jax.lax.dynamic_slice(x, starts, sizes).reshape(sizes[plan[0]:])
-    return _swap_heads(chunk) if token_major else chunk
+    starts, sizes = _chunk_window(x, i, scores_shape, plan, layout)
+    return _heads_first(jax.lax.dynamic_slice(x, starts, sizes).reshape(sizes[plan[0]:]), layout)
 
 
-def _add_to_chunk(total, i, chunk, scores_shape, plan, token_major: bool = False):
-    """total with `chunk` (shaped as `_chunk_of(total, ...)`) added at chunk `i`."""
-    starts, sizes = _chunk_window(total, i, scores_shape, plan, token_major)
-    chunk = (_swap_heads(chunk) if token_major else chunk).reshape(sizes)
-    return jax.lax.dynamic_update_slice(
-        total, jax.lax.dynamic_slice(total, starts, sizes) + chunk, starts)
+def _put_chunk(total, i, chunk, scores_shape, plan, layout: str = 'scores', add: bool = True):
+    """total with `chunk` (shaped as `_chunk_of(total, ...)`) added at chunk `i`, or written there
+    (`add` False: where no chunk overlaps another, as the forward's output)."""
+    starts, sizes = _chunk_window(total, i, scores_shape, plan, layout)
+    chunk = _from_heads_first(chunk, layout).reshape(sizes)
+    if add:
+        chunk = jax.lax.dynamic_slice(total, starts, sizes) + chunk
+    return jax.lax.dynamic_update_slice(total, chunk, starts)
+
+
+# The attention's inputs are a (query, key, value) tuple of token-major arrays or one projection's
+# three packed as [..., length, 3, heads, head_dim]; their gradients come in the same form.
+
+def _unpack(inputs):
+    """(query, key, value), token-major."""
+    return inputs if isinstance(inputs, tuple) else tuple(inputs[..., i, :, :] for i in range(3))
+
+
+def _pack(grads, like):
+    """Gradients (dq, dk, dv) in the form of the inputs `like`."""
+    return grads if isinstance(like, tuple) else jnp.stack(grads, axis=-3)
+
+
+def _chunk_of_inputs(inputs, i, scores_shape, plan):
+    """Chunk `i` of the query, key and value, heads-first."""
+    if isinstance(inputs, tuple):
+        return tuple(_chunk_of(x, i, scores_shape, plan, 'tokens') for x in inputs)
+    return tuple(_chunk_of(inputs, i, scores_shape, plan, 'packed'))
+
+
+def _add_to_inputs(total, i, grads, scores_shape, plan):
+    """`total` (shaped as the inputs) with the heads-first (dq, dk, dv) of chunk `i` added."""
+    if isinstance(total, tuple):
+        return tuple(_put_chunk(t, i, g, scores_shape, plan, 'tokens') for t, g in zip(total, grads))
+    return _put_chunk(total, i, jnp.stack(grads), scores_shape, plan, 'packed')
 
 
 def _scores_shape(query, key_length: int):
@@ -250,47 +295,35 @@ def _scores_shape(query, key_length: int):
     return (*query.shape[:-3], query.shape[-2], query.shape[-3], key_length)
 
 
-def _attention_forward(query, key, value, bias, mask):
+def _attention_forward(inputs, bias, mask):
     """(output, residuals): the primal's output and what the backward needs. Whole, residuals are
     heads-first; in chunks they are the token-major inputs and output (each chunk transposes its
     own slice, in cache) and the weights in chunks."""
+    query, key, value = _unpack(inputs)
     scores_shape = _scores_shape(query, key.shape[-3])
     plan = _chunk_plan(scores_shape)
     if plan is None:
-        q, k, v = _swap_heads(query), _swap_heads(key), _swap_heads(value)
-        o, p = _heads_first_attention(q, k, v, _add(bias, additive_mask(mask)))
-        return _swap_heads(o), (q, k, v, o, p, bias)
+        heads_first = (tuple(map(_swap_heads, inputs)) if isinstance(inputs, tuple) else
+                       _heads_first(inputs, 'packed'))
+        o, p = _heads_first_attention(*heads_first, _add(bias, additive_mask(mask)))
+        return _swap_heads(o), (heads_first, o, p, bias)
     rank = len(scores_shape)
     bias_s = _at_scores_rank(bias, rank)
     mask_s = (mask.at_scores_rank(rank) if isinstance(mask, SegmentMask) else
               _at_scores_rank(mask, rank))
 
     def chunk(out, i):
-        of = lambda x, token_major=False: (None if x is None else
-                                           _chunk_of(x, i, scores_shape, plan, token_major))
+        of = lambda x: None if x is None else _chunk_of(x, i, scores_shape, plan)
         mask_i = (SegmentMask(of(mask_s.query_ids)[..., 0, :, 0], of(mask_s.key_ids)[..., 0, 0, :],
                               mask_s.value).additive()
                   if isinstance(mask_s, SegmentMask) else of(mask_s))
-        o, p = _heads_first_attention(*(of(x, True) for x in (query, key, value)),
+        o, p = _heads_first_attention(*_chunk_of_inputs(inputs, i, scores_shape, plan),
                                       _add(of(bias_s), mask_i))
-        return _add_to_chunk(out, i, o, scores_shape, plan, True), p
+        return _put_chunk(out, i, o, scores_shape, plan, 'tokens', add=False), p
 
     out = jnp.zeros(query.shape[:-1] + value.shape[-1:], value.dtype)
     out, p = jax.lax.scan(chunk, out, jnp.arange(_chunk_count(scores_shape, plan)))
-    return out, (query, key, value, out, p, bias)
-
-
-@jax.custom_vjp
-def attention(query, key, value, bias, mask):
-    """softmax(q k^T / sqrt(d) + bias + mask) v: [..., length, heads, head_dim] -> the query's
-    shape. `bias` and `mask` are additive (or None) and broadcast against the [..., heads, q, k]
-    scores, the mask possibly as a SegmentMask; the bias gets a gradient, the mask (Swin's 0/-100
-    shift mask) is a constant.
-
-    Eval runs the primal and drops the weights; the train step runs the same forward as the VJP's
-    and keeps them, so both compute the same bits. On CPU, large attention runs in chunks of
-    about CHUNK_BYTES of scores (see `_chunk_plan`)."""
-    return _attention_forward(query, key, value, bias, mask)[0]
+    return out, (inputs, out, p, bias)
 
 
 def _heads_first_backward(q, k, v, o, p, do):
@@ -312,44 +345,85 @@ def _bias_gradient(ds, bias_shape, dtype):
 
 
 def _attention_backward(residuals, do):
-    q, k, v, o, p, bias = residuals
-    do = do.astype(v.dtype)
+    """(gradient of the inputs, in their layout; gradient of the bias or None)."""
+    inputs, o, p, bias = residuals
+    do = do.astype(o.dtype)
     scores_shape = _scores_shape(do, p.shape[-1])
     plan = _chunk_plan(scores_shape)
-    if plan is None:
-        dq, dk, dv, ds = _heads_first_backward(q, k, v, o, p, _swap_heads(do))
+    if plan is None:   # inputs heads-first, as the forward kept them
+        dq, dk, dv, ds = _heads_first_backward(*inputs, o, p, _swap_heads(do))
         dbias = None if bias is None else _bias_gradient(ds, bias.shape, bias.dtype)
-        return _swap_heads(dq), _swap_heads(dk), _swap_heads(dv), dbias, None
+        return _pack((_swap_heads(dq), _swap_heads(dk), _swap_heads(dv)), inputs), dbias
     # Each chunk's gradients are added into whole-size float32 sums: a bias shared by several
     # chunks (Swin's, by every window) sums over them; q, k and v get each chunk's once.
     bias_s = _at_scores_rank(bias, len(scores_shape))
-    sums = tuple(jnp.zeros(x.shape, jnp.float32) for x in (q, k, v, bias_s) if x is not None)
+    sums = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), (inputs, bias_s))
 
     def chunk(sums, xs):
-        i, p_i = xs
-        of = lambda x: _chunk_of(x, i, scores_shape, plan, token_major=True)
-        dq, dk, dv, ds = _heads_first_backward(of(q), of(k), of(v), of(o), p_i, of(do))
-        sums_qkv = tuple(_add_to_chunk(s, i, g.astype(jnp.float32), scores_shape, plan, True)
-                         for s, g in zip(sums, (dq, dk, dv)))
-        if bias is None:
-            return sums_qkv, None
-        dbias = _bias_gradient(ds, _chunk_of(sums[3], i, scores_shape, plan).shape, jnp.float32)
-        return sums_qkv + (_add_to_chunk(sums[3], i, dbias, scores_shape, plan),), None
+        (inputs_sum, bias_sum), (i, p_i) = sums, xs
+        of = lambda x: _chunk_of(x, i, scores_shape, plan, 'tokens')
+        dq, dk, dv, ds = _heads_first_backward(*_chunk_of_inputs(inputs, i, scores_shape, plan),
+                                               of(o), p_i, of(do))
+        inputs_sum = _add_to_inputs(inputs_sum, i, [g.astype(jnp.float32) for g in (dq, dk, dv)],
+                                    scores_shape, plan)
+        if bias is not None:
+            dbias = _bias_gradient(ds, _chunk_of(bias_sum, i, scores_shape, plan).shape,
+                                   jnp.float32)
+            bias_sum = _put_chunk(bias_sum, i, dbias, scores_shape, plan)
+        return (inputs_sum, bias_sum), None
 
     count = _chunk_count(scores_shape, plan)
-    sums, _ = jax.lax.scan(chunk, sums, (jnp.arange(count), p))
-    dq, dk, dv = (s.astype(x.dtype) for s, x in zip(sums, (q, k, v)))
-    dbias = None if bias is None else sums[3].reshape(bias.shape).astype(bias.dtype)
-    return dq, dk, dv, dbias, None
+    (inputs_sum, bias_sum), _ = jax.lax.scan(chunk, sums, (jnp.arange(count), p))
+    grads = jax.tree.map(lambda s, x: s.astype(x.dtype), inputs_sum, inputs)
+    return grads, None if bias is None else bias_sum.reshape(bias.shape).astype(bias.dtype)
 
 
-attention.defvjp(_attention_forward, _attention_backward)
+@jax.custom_vjp
+def attention(query, key, value, bias, mask):
+    """softmax(q k^T / sqrt(d) + bias + mask) v: [..., length, heads, head_dim] -> the query's
+    shape. `bias` and `mask` are additive (or None) and broadcast against the [..., heads, q, k]
+    scores, the mask possibly as a SegmentMask; the bias gets a gradient, the mask (Swin's 0/-100
+    shift mask) is a constant.
+
+    Eval runs the primal and drops the weights; the train step runs the same forward as the VJP's
+    and keeps them, so both compute the same bits. On CPU, large attention runs in chunks of
+    about CHUNK_BYTES of scores (see `_chunk_plan`)."""
+    return _attention_forward((query, key, value), bias, mask)[0]
 
 
-def dot_product_attention(query, key, value, *, bias=None, mask=None, dropout_rng=None,
-                          dropout_rate: float = 0.0, deterministic: bool = True,
+def _attention_vjp_backward(residuals, do):
+    grads, dbias = _attention_backward(residuals, do)
+    return *grads, dbias, None
+
+
+attention.defvjp(lambda query, key, value, bias, mask:
+                 _attention_forward((query, key, value), bias, mask),
+                 _attention_vjp_backward)
+
+
+@jax.custom_vjp
+def packed_attention(qkv, bias, mask):
+    """`attention` of the query, key and value of one projection, packed as [..., length, 3,
+    heads, head_dim] (as Swin's qkv projection gives them) -> [..., length, heads, head_dim].
+
+    In chunks each chunk slices its query, key and value from the packed array and adds its
+    gradient there as one slice, where three whole-size slices of it were copied before the loop
+    and the three gradients concatenated after. Video Swin-T 32x224 on 2 cores, both compiled in
+    one process and alternated (docs/performance.md, 2026-12-05): eval 1.314 -> 1.281 s median,
+    train step 4.642 -> 4.476 s."""
+    return _attention_forward(qkv, bias, mask)[0]
+
+
+packed_attention.defvjp(_attention_forward,
+                        lambda residuals, do: (*_attention_backward(residuals, do), None))
+
+
+def dot_product_attention(query, key=None, value=None, *, bias=None, mask=None,
+                          dropout_rng=None, dropout_rate: float = 0.0, deterministic: bool = True,
                           implementation: str = 'xla'):
-    """softmax(q k^T / sqrt(d) + bias + mask) v over [..., length, heads, head_dim] inputs.
+    """softmax(q k^T / sqrt(d) + bias + mask) v over [..., length, heads, head_dim] inputs, or over
+    the query, key and value of one projection packed as `query` [..., length, 3, heads, head_dim]
+    (`key` and `value` None; on CPU each chunk then slices its own, see `packed_attention`).
 
     `bias` and `mask` are additive, as in `attention` (the mask an array or a SegmentMask).
     `implementation` is one of ATTENTION_IMPLEMENTATIONS; the 'jax' and 'cudnn' paths serve global
@@ -358,18 +432,25 @@ def dot_product_attention(query, key, value, *, bias=None, mask=None, dropout_rn
     if implementation not in ATTENTION_IMPLEMENTATIONS:
         raise VtxError(f'config.model.attention_implementation={implementation!r}: use one of '
                        f'{ATTENTION_IMPLEMENTATIONS}')
+    if (key is None) != (value is None) or (key is None and query.shape[-3] != 3):
+        raise VtxError('dot_product_attention takes a query, key and value, or one packed '
+                       f'[..., length, 3, heads, head_dim] array; got query {query.shape}, key '
+                       f'{None if key is None else key.shape}, value '
+                       f'{None if value is None else value.shape}')
+    inputs = query if key is None else (query, key, value)
     dropping = dropout_rate > 0 and not deterministic
     if implementation == 'auto':
-        if _fused_kernel_applies(query, bias=bias, mask=mask, dropping=dropping):
-            return fused_attention(query, key, value, 'cudnn')
+        if _fused_kernel_applies(_unpack(inputs)[0], bias=bias, mask=mask, dropping=dropping):
+            return fused_attention(*_unpack(inputs), 'cudnn')
         implementation = 'xla'
     if implementation != 'xla':
         if bias is not None or mask is not None or dropping:
             raise VtxError(f"attention implementation {implementation!r} supports neither bias, "
                            "mask nor attention dropout; use 'xla' or 'auto'")
-        return fused_attention(query, key, value,
+        return fused_attention(*_unpack(inputs),
                                'xla' if implementation == 'jax' else implementation)
     if dropping:  # the VJP keeps no dropout mask: attention dropout trains through autodiff
-        return attention_with_weights(query, key, value, bias=_add(bias, additive_mask(mask)),
+        return attention_with_weights(*_unpack(inputs), bias=_add(bias, additive_mask(mask)),
                                       dropout_rng=dropout_rng, dropout_rate=dropout_rate)[0]
-    return attention(query, key, value, bias, mask)
+    return (attention(*inputs, bias, mask) if isinstance(inputs, tuple) else
+            packed_attention(inputs, bias, mask))

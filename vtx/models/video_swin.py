@@ -97,8 +97,8 @@ class WindowAttention(nn.Module):
     Input [B, nD, nS, N, C] (windows grouped by temporal index nD and spatial index nS); `mask`
     (additive, or a SegmentMask) broadcasts against [nD, nS, heads, N, N]. Subclasses change the
     bias (`position_bias`) and may mix tokens across windows before the projection and after
-    attention. The attention itself is `vtx.kernels.attention.attention`, whose hand-written VJP
-    serves the train step.
+    attention. The attention itself is `vtx.kernels.attention.packed_attention` of the qkv
+    projection, whose hand-written VJP serves the train step.
     """
     num_heads: int
     window_size: Sequence[int]
@@ -133,7 +133,7 @@ class WindowAttention(nn.Module):
         bias = self.position_bias(table, win, x.shape[1])
         dropping = self.attention_dropout_rate > 0 and not deterministic
         o = dot_product_attention(
-            *(qkv[..., i, :, :] for i in range(3)), bias=bias, mask=mask,
+            qkv, bias=bias, mask=mask,
             dropout_rng=self.make_rng('dropout') if dropping else None,
             dropout_rate=self.attention_dropout_rate, deterministic=deterministic)
         o = self.mix_output(o).reshape(*lead, n, dim)
