@@ -271,9 +271,9 @@ def _unpack(inputs):
     return inputs if isinstance(inputs, tuple) else tuple(inputs[..., i, :, :] for i in range(3))
 
 
-def _pack(grads, like):
-    """Gradients (dq, dk, dv) in the form of the inputs `like`."""
-    return grads if isinstance(like, tuple) else jnp.stack(grads, axis=-3)
+def _pack(grads):
+    """Gradients as a packed array (a (dq, dk, dv) tuple stacked, or already one)."""
+    return jnp.stack(grads, axis=-3) if isinstance(grads, tuple) else grads
 
 
 def _chunk_of_inputs(inputs, i, scores_shape, plan):
@@ -302,11 +302,10 @@ def _attention_forward(inputs, bias, mask):
     query, key, value = _unpack(inputs)
     scores_shape = _scores_shape(query, key.shape[-3])
     plan = _chunk_plan(scores_shape)
-    if plan is None:
-        heads_first = (tuple(map(_swap_heads, inputs)) if isinstance(inputs, tuple) else
-                       _heads_first(inputs, 'packed'))
-        o, p = _heads_first_attention(*heads_first, _add(bias, additive_mask(mask)))
-        return _swap_heads(o), (heads_first, o, p, bias)
+    if plan is None:   # each input sliced and transposed in one copy, packed or not
+        q, k, v = _swap_heads(query), _swap_heads(key), _swap_heads(value)
+        o, p = _heads_first_attention(q, k, v, _add(bias, additive_mask(mask)))
+        return _swap_heads(o), ((q, k, v), o, p, bias)
     rank = len(scores_shape)
     bias_s = _at_scores_rank(bias, rank)
     mask_s = (mask.at_scores_rank(rank) if isinstance(mask, SegmentMask) else
@@ -345,7 +344,8 @@ def _bias_gradient(ds, bias_shape, dtype):
 
 
 def _attention_backward(residuals, do):
-    """(gradient of the inputs, in their layout; gradient of the bias or None)."""
+    """(gradients of the inputs, in the form of the residuals' (whole: a (dq, dk, dv) tuple);
+    gradient of the bias or None)."""
     inputs, o, p, bias = residuals
     do = do.astype(o.dtype)
     scores_shape = _scores_shape(do, p.shape[-1])
@@ -353,7 +353,7 @@ def _attention_backward(residuals, do):
     if plan is None:   # inputs heads-first, as the forward kept them
         dq, dk, dv, ds = _heads_first_backward(*inputs, o, p, _swap_heads(do))
         dbias = None if bias is None else _bias_gradient(ds, bias.shape, bias.dtype)
-        return _pack((_swap_heads(dq), _swap_heads(dk), _swap_heads(dv)), inputs), dbias
+        return (_swap_heads(dq), _swap_heads(dk), _swap_heads(dv)), dbias
     # Each chunk's gradients are added into whole-size float32 sums: a bias shared by several
     # chunks (Swin's, by every window) sums over them; q, k and v get each chunk's once.
     bias_s = _at_scores_rank(bias, len(scores_shape))
@@ -414,8 +414,12 @@ def packed_attention(qkv, bias, mask):
     return _attention_forward(qkv, bias, mask)[0]
 
 
-packed_attention.defvjp(_attention_forward,
-                        lambda residuals, do: (*_attention_backward(residuals, do), None))
+def _packed_attention_vjp_backward(residuals, do):
+    grads, dbias = _attention_backward(residuals, do)
+    return _pack(grads), dbias, None
+
+
+packed_attention.defvjp(_attention_forward, _packed_attention_vjp_backward)
 
 
 def dot_product_attention(query, key=None, value=None, *, bias=None, mask=None,
