@@ -286,7 +286,8 @@ def _chunk_of_inputs(inputs, i, scores_shape, plan):
 def _add_to_inputs(total, i, grads, scores_shape, plan):
     """`total` (shaped as the inputs) with the heads-first (dq, dk, dv) of chunk `i` added."""
     if isinstance(total, tuple):
-        return tuple(_put_chunk(t, i, g, scores_shape, plan, 'tokens') for t, g in zip(total, grads))
+        return tuple(_put_chunk(t, i, g, scores_shape, plan, 'tokens')
+                     for t, g in zip(total, grads))
     return _put_chunk(total, i, jnp.stack(grads), scores_shape, plan, 'packed')
 
 
@@ -344,8 +345,9 @@ def _bias_gradient(ds, bias_shape, dtype):
 
 
 def _attention_backward(residuals, do):
-    """(gradients of the inputs, in the form of the residuals' (whole: a (dq, dk, dv) tuple);
-    gradient of the bias or None)."""
+    """(gradients of the inputs, gradient of the bias or None). The inputs' gradients are a
+    (dq, dk, dv) tuple where the attention ran whole, and in the inputs' form (tuple or packed)
+    where it ran in chunks; `_pack` makes either packed."""
     inputs, o, p, bias = residuals
     do = do.astype(o.dtype)
     scores_shape = _scores_shape(do, p.shape[-1])

@@ -154,8 +154,8 @@ def apply_layers(parent: nn.Module, block: Callable[..., nn.Module], layer_args:
     classes). `remat` recomputes each layer in the backward. `scan` is a compile-time fast path:
     every run of two or more consecutive layers whose arguments agree becomes one `jax.lax.scan`
     over their parameters, stacked at call time, so XLA compiles one layer body per run instead of
-    one per layer. The parameter tree is the unrolled one either way, so checkpoints and converters do
-    not depend on it; the blocks' own dropout masks are drawn differently.
+    one per layer. The parameter tree is the unrolled one either way, so checkpoints and
+    converters do not depend on it; the blocks' own dropout masks are drawn differently.
     """
     scales = stochastic_depth(parent, drop_path_rates, x.shape[0], deterministic)
     row = lambda i: None if scales is None else scales[i]
