@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, demo_cli, tiny_demo_config
-from vtx import train
+from vtx import cli, train
 from vtx.errors import VtxError
 
 
@@ -103,3 +103,28 @@ def test_cli_config_file_that_fails_is_one_line(tmp_path, text, expected):
                                                f'vtx-train: error: config file {path}, {expected}: '
                                                '"\'nope\'"']
     assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('command', [['vtx.pretrained', 'list'], ['vtx.main', '--help']])
+def test_a_command_whose_reader_closes_stdout_ends_quietly(command):
+    """`vtx-zoo list | head -3`: no BrokenPipeError traceback, the status a shell gives SIGPIPE."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line, as `head` is after its last
+    out = subprocess.run([sys.executable, '-m', *command], cwd=REPO, stdout=write,
+                         stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    assert (out.returncode, out.stderr) == (cli.CLOSED_STDOUT_STATUS, '')
+
+
+def test_a_broken_pipe_other_than_stdout_is_not_hidden():
+    @cli.command
+    def writes_to_a_pipe_nobody_reads():
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            os.write(write, b'x')
+        finally:
+            os.close(write)
+
+    with pytest.raises(BrokenPipeError):
+        writes_to_a_pipe_nobody_reads()

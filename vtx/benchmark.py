@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vtx import config as vtx_config
-from vtx import report, xla_flags
+from vtx import cli, report, xla_flags
 from vtx.steps import Steps, input_shape  # not `steps`: benchmark() has a `steps` count
 from vtx.errors import VtxError
 from vtx.models import IMPLEMENTATION_FIELDS, resolve_dtype
@@ -229,6 +229,7 @@ def main(argv=None):
         sys.exit(2)
 
 
+@cli.command
 def run():
     """The `vtx-benchmark` command."""
     xla_flags.restart_with_huge_pages()

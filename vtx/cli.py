@@ -1,6 +1,10 @@
-"""What the absl command lines share (`vtx-train`, `vtx-predict`, `vtx-export`, `vtx-convert`):
-`--config` by zoo name or path, and bad flags reported in one paragraph (exit status 2)."""
+"""What vtx's command lines share: every command ends quietly when its reader closes stdout
+(`command`), and the absl ones (`vtx-train`, `vtx-predict`, `vtx-export`, `vtx-convert`,
+`vtx-plot`) take `--config` by zoo name or path and report bad flags in one paragraph (exit
+status 2)."""
+import functools
 import os
+import select
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF is only the input pipeline here
@@ -13,6 +17,37 @@ from vtx.errors import VtxError  # noqa: E402
 
 
 _program = ['vtx']  # the running command's name, for its error lines
+
+# How a shell reports a command that SIGPIPE ended (128 + 13), as `cat file | head` ends `cat`.
+CLOSED_STDOUT_STATUS = 141
+
+
+def command(entry):
+    """`entry` as a console command that ends quietly, with exit status 141, when whatever reads
+    its stdout closes it early (`vtx-zoo list | head -3`). Python ignores SIGPIPE, so the next
+    write raises BrokenPipeError instead, and its traceback would end the output. A broken pipe
+    that is not stdout's is re-raised."""
+    @functools.wraps(entry)
+    def run_entry(*args, **kwargs):
+        try:
+            return entry(*args, **kwargs)
+        except BrokenPipeError:
+            if not _stdout_closed():
+                raise
+            # Python flushes stdout once more at exit, which would raise again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(CLOSED_STDOUT_STATUS)
+    return run_entry
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe or socket whose reader has gone (poll reports an error on it)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or no file behind stdout
+        return False
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 def _flag_value(argv, name: str):
@@ -85,6 +120,7 @@ def _print_help(main):
     print(flags.FLAGS.module_help(module))
 
 
+@command
 def run(main, program: str, define_flags=None):
     """Runs an absl `main` as the console command `program` (or its `python -m` module)."""
     xla_flags.restart_with_huge_pages()

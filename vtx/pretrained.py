@@ -13,7 +13,7 @@ import sys
 import tempfile
 from typing import List, Optional
 
-from vtx import families, hub
+from vtx import cli, families, hub
 from vtx.errors import VtxError
 
 LABELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'labels')
@@ -191,6 +191,7 @@ def zoo_table() -> List[dict]:
     return rows
 
 
+@cli.command
 def main(argv=None):
     """`vtx-zoo list [--json]`; `vtx-zoo fetch NAME [--checkpoint FILE]`."""
     import argparse

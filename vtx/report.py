@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from vtx import config as vtx_config
-from vtx import sharding, steps, xla_flags
+from vtx import cli, sharding, steps, xla_flags
 from vtx.errors import VtxError
 from vtx.models import IMPLEMENTATION_FIELDS
 
@@ -262,6 +262,7 @@ def main(argv=None):
     print(json.dumps(result, indent=1) if args.json else format_report(result))
 
 
+@cli.command
 def run():
     """The `vtx-report` command."""
     xla_flags.restart_with_huge_pages()

@@ -12,6 +12,7 @@ import csv
 import json
 import os
 
+from vtx import cli
 from vtx.data import shards
 
 
@@ -33,6 +34,7 @@ def read_rows(csv_path: str, video_root: str, label_map_file: str = ''):
     return rows, mapping
 
 
+@cli.command
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='vtx-shards-from-csv', description=__doc__.split('\n')[0])
     parser.add_argument('--csv', required=True)

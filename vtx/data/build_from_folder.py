@@ -15,6 +15,7 @@ import random
 import sys
 from typing import Dict, List, Tuple
 
+from vtx import cli
 from vtx.data import shards
 
 DATASET_FILE = 'dataset.json'
@@ -57,6 +58,7 @@ def split(classes: Dict[str, List[str]], val_fraction: float,
     return train, val
 
 
+@cli.command
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='vtx-shards-from-folder',
                                      description=__doc__.split('\n')[0])

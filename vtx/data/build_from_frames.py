@@ -9,6 +9,7 @@ per line, in index order) or else from the folder above each video (`class/video
 import argparse
 import os
 
+from vtx import cli
 from vtx.data import shards
 
 
@@ -31,6 +32,7 @@ def read_rows(list_path: str, frames_root: str, names=None):
     return rows
 
 
+@cli.command
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='vtx-shards-from-frames', description=__doc__.split('\n')[0])
     parser.add_argument('--list', required=True)

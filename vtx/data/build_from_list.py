@@ -6,6 +6,7 @@
 import argparse
 import os
 
+from vtx import cli
 from vtx.data import shards
 
 
@@ -26,6 +27,7 @@ def read_rows(list_path: str, video_root: str, names=None, separator=None):
     return rows
 
 
+@cli.command
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='vtx-shards-from-list', description=__doc__.split('\n')[0])
     parser.add_argument('--list', required=True)

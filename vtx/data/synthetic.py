@@ -29,6 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from vtx import cli
+
 CLASSES = ('left', 'right', 'up', 'down')
 _DIRECTIONS = {'left': (0, -1), 'right': (0, 1), 'up': (-1, 0), 'down': (1, 0)}  # (dy, dx)
 _SPLITS = {'train': 0, 'eval': 1}
@@ -192,6 +194,7 @@ def ensure(data_config) -> None:
                            f"'{folder}/{prefix}-*-of-*'")
 
 
+@cli.command
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='vtx-demo-data', description=__doc__.split('\n')[0])
     defaults = MotionSpec()
