@@ -34,7 +34,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from convert.verify import DEFAULT_TOLERANCE, _errors, to_model_layout  # noqa: E402
-from vtx import benchmark  # noqa: E402
+from vtx import benchmark, cli  # noqa: E402
 from vtx import config as vtx_config  # noqa: E402
 from vtx.errors import VtxError  # noqa: E402
 from vtx.models import IMPLEMENTATION_FIELDS, build_model  # noqa: E402
@@ -204,8 +204,10 @@ def main(argv=None):
     parser.add_argument('--only_cases', default='', help='comma-separated case names to export')
     parser.add_argument('--out', default='accelerator_check')
     parser.add_argument('--smoke', action='store_true', help='tiny sizes (CPU, seconds)')
-    parser.add_argument('--batch', type=int, default=8, help='clips per device per train step')
-    parser.add_argument('--steps', type=int, default=5, help='timed steps per run')
+    parser.add_argument('--batch', type=cli.number(minimum=1), default=8,
+                        help='clips per device per train step')
+    parser.add_argument('--steps', type=cli.number(minimum=1), default=5,
+                        help='timed steps per run')
     parser.add_argument('--budget_s', type=float, default=360.0,
                         help='start no new speed run after this many seconds')
     args = parser.parse_args(argv)

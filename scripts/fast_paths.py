@@ -18,7 +18,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from vtx import benchmark, report  # noqa: E402
+from vtx import benchmark, cli, report  # noqa: E402
 from vtx import config as vtx_config  # noqa: E402
 from vtx.models import IMPLEMENTATION_FIELDS  # noqa: E402
 
@@ -101,8 +101,8 @@ def markdown(rows) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--size', choices=('small', 'full'), default='small')
-    parser.add_argument('--rounds', type=int, default=2)
-    parser.add_argument('--steps', type=int, default=7)
+    parser.add_argument('--rounds', type=cli.number(minimum=1), default=2)
+    parser.add_argument('--steps', type=cli.number(minimum=1), default=7)
     parser.add_argument('--only', default='', help='comma-separated fast path fields')
     parser.add_argument('--models', default='', help='comma-separated: ' + ','.join(
         sorted({c[0] for c in CASES})))

@@ -27,7 +27,7 @@ sys.path.insert(0, REPO)
 import jax  # noqa: E402
 
 from vtx import config as vtx_config  # noqa: E402
-from vtx import report  # noqa: E402
+from vtx import cli, report  # noqa: E402
 from vtx.errors import VtxError  # noqa: E402
 from vtx.kernels import attention  # noqa: E402
 
@@ -91,8 +91,9 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--configs', default=','.join(ZOO), help='comma-separated zoo names')
-    parser.add_argument('--per_device_batch', type=int, default=8)
-    parser.add_argument('--devices', type=int, default=8, help='devices of the mesh (host devices)')
+    parser.add_argument('--per_device_batch', type=cli.number(minimum=1), default=8)
+    parser.add_argument('--devices', type=cli.number(minimum=1), default=8,
+                        help='devices of the mesh (host devices)')
     parser.add_argument('--with_remat', action='store_true',
                         help='also compile with model.remat=True (see REMAT_VARIANTS)')
     parser.add_argument('--json', action='store_true', help='also print one JSON line per row')

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, demo_cli, tiny_demo_config
-from vtx import cli, train
+from vtx import benchmark, cli, report, train
+from vtx.data import synthetic
 from vtx.errors import VtxError
 
 
@@ -128,3 +129,45 @@ def test_a_broken_pipe_other_than_stdout_is_not_hidden():
 
     with pytest.raises(BrokenPipeError):
         writes_to_a_pipe_nobody_reads()
+
+
+@pytest.mark.parametrize('main, args, expected', [
+    (benchmark.main, ['--config', 'demo', '--batch', '0'],
+     "vtx-benchmark: error: argument --batch: expected an integer >= 1, got '0'"),
+    (benchmark.main, ['--config', 'demo', '--warmup', '-1'],
+     "vtx-benchmark: error: argument --warmup: expected an integer >= 0, got '-1'"),
+    (report.main, ['--config', 'demo', '--batch', 'two'],
+     "vtx-report: error: argument --batch: expected an integer >= 1, got 'two'"),
+    (synthetic.main, ['--out', 'unused', '--num_shards', '0'],
+     "vtx-demo-data: error: argument --num_shards: expected an integer >= 1, got '0'"),
+    (synthetic.main, ['--out', 'unused', '--speed', '0', '2'],
+     'vtx-demo-data: error: --speed=(0, 2): expected (LOW, HIGH) with 1 <= LOW <= HIGH: a target '
+     'that stands still shows no direction'),
+    (synthetic.main, ['--out', 'unused', '--target_size', '3', '--num_distractors', '0', '1'],
+     "vtx-demo-data: error: --target_size=3: expected a size other than the distractors' (3, 5)"),
+])
+def test_command_line_numbers_out_of_range_are_one_error_line(main, args, expected, capsys,
+                                                              tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == expected
+    assert not os.listdir(tmp_path)   # nothing written
+
+
+def test_a_synthetic_setting_that_shows_no_motion_names_its_config_key(tmp_path):
+    config = tiny_demo_config(str(tmp_path / 'data'), **{'data.synthetic_speed': (0, 1)})
+    with pytest.raises(VtxError, match=r'^config\.data\.synthetic_speed=\(0, 1\): expected \(LOW, '
+                                       r'HIGH\) with 1 <= LOW <= HIGH'):
+        synthetic.ensure(config.data)
+    config.data.synthetic_num_stored_frames = 1   # a key the demo config does not set
+    config.data.synthetic_speed = (1, 1)
+    with pytest.raises(VtxError, match=r'^config\.data\.synthetic_num_stored_frames=1: expected '
+                                       'at least 2 frames'):
+        synthetic.ensure(config.data)
+    config.data.synthetic_num_stored_frames = 16
+    config.data.synthetic_noise = 'loud'
+    with pytest.raises(VtxError, match=r"^config\.data\.synthetic_noise='loud': expected a float"):
+        synthetic.ensure(config.data)
+    assert not (tmp_path / 'data').exists()

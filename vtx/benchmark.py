@@ -201,14 +201,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog='vtx-benchmark',
                                      description=__doc__.split('\n')[0])
     parser.add_argument('--config', required=True, help='a config file (configs/X.py)')
-    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument('--batch', type=cli.number(minimum=1), default=1)
     parser.add_argument('--mode', choices=report.MODES, action='append',
                         help='forward or train (repeatable; default: both)')
-    parser.add_argument('--warmup', type=int, default=1, help='untimed steps after compiling')
-    parser.add_argument('--steps', type=int, default=7, help='timed steps')
-    parser.add_argument('--peak_size', type=int, default=None,
+    parser.add_argument('--warmup', type=cli.number(minimum=0), default=1,
+                        help='untimed steps after compiling')
+    parser.add_argument('--steps', type=cli.number(minimum=1), default=7, help='timed steps')
+    parser.add_argument('--peak_size', type=cli.number(minimum=1), default=None,
                         help='side of the peak-FLOP/s matmul (default 2048 on CPU, 8192 otherwise)')
-    parser.add_argument('--threads', type=int, default=None,
+    parser.add_argument('--threads', type=cli.number(minimum=1), default=None,
                         help="CPUs this process (XLA:CPU's and torch's thread pools) may use "
                              '(default: all it is allowed)')
     parser.add_argument('--json', action='store_true', help='print JSON lines instead of text')
@@ -225,7 +226,7 @@ def main(argv=None):
             result['overrides'] = overrides
             print(json.dumps(result) if args.json else format_result(result), flush=True)
     except VtxError as e:
-        print(f'vtx: error: {e}', file=sys.stderr)
+        print(f'vtx-benchmark: error: {e}', file=sys.stderr)
         sys.exit(2)
 
 

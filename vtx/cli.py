@@ -2,6 +2,7 @@
 (`command`), and the absl ones (`vtx-train`, `vtx-predict`, `vtx-export`, `vtx-convert`,
 `vtx-plot`) take `--config` by zoo name or path and report bad flags in one paragraph (exit
 status 2)."""
+import argparse
 import functools
 import os
 import select
@@ -38,6 +39,28 @@ def command(entry):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(CLOSED_STDOUT_STATUS)
     return run_entry
+
+
+def number(kind=int, *, minimum=None, maximum=None, above=None):
+    """An argparse `type`: the flag's text as `kind` (int or float) with minimum <= value <=
+    maximum and value > above (each bound optional); anything else is argparse's one error line,
+    naming the flag and what it takes."""
+    bounds = [f'{sign} {bound}' for sign, bound in (('>=', minimum), ('>', above), ('<=', maximum))
+              if bound is not None]
+    expected = ' '.join(['an integer' if kind is int else 'a number', ' and '.join(bounds)]).strip()
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if (value is None or value != value   # NaN
+                or (minimum is not None and value < minimum)
+                or (maximum is not None and value > maximum)
+                or (above is not None and value <= above)):
+            raise argparse.ArgumentTypeError(f'expected {expected}, got {text!r}')
+        return value
+    return parse
 
 
 def _stdout_closed() -> bool:

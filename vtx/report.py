@@ -249,14 +249,15 @@ def main(argv=None):
     overrides, rest = parse_overrides(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog='vtx-report', description=__doc__.split('\n')[0])
     parser.add_argument('--config', required=True, help='a config file (configs/X.py)')
-    parser.add_argument('--batch', type=int, default=1, help='batch size for the memory analysis')
+    parser.add_argument('--batch', type=cli.number(minimum=1), default=1,
+                        help='batch size for the memory analysis')
     parser.add_argument('--mode', choices=MODES, action='append', help='default: both')
     parser.add_argument('--json', action='store_true', help='print JSON instead of text')
     args = parser.parse_args(rest)
     try:
         result = analyse(vtx_config.load(args.config, overrides), args.batch, tuple(args.mode or MODES))
     except VtxError as e:
-        print(f'vtx: error: {e}', file=sys.stderr)
+        print(f'vtx-report: error: {e}', file=sys.stderr)
         sys.exit(2)
     result['config'] = args.config
     print(json.dumps(result, indent=1) if args.json else format_report(result))

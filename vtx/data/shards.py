@@ -15,6 +15,7 @@ import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
+from vtx import cli
 from vtx.data import video_io
 
 VIDEO_KEY = 'video/encoded'  # context feature holding a whole video file (--keep_video)
@@ -44,17 +45,19 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--name', help='shard name prefix (default: the list file name)')
     parser.add_argument('--num_shards', type=int, default=-1,
                         help='default: int(sqrt(number of rows)), as DMVR')
-    parser.add_argument('--short_side', type=int, default=256, help='0 keeps the frame size')
-    parser.add_argument('--fps', type=float, default=None, help='resample to this rate '
+    parser.add_argument('--short_side', type=cli.number(minimum=0), default=256,
+                        help='0 keeps the frame size')
+    parser.add_argument('--fps', type=cli.number(float, above=0), default=None,
+                        help='resample to this rate '
                         '(default: keep the native rate)')
-    parser.add_argument('--qscale', type=int, default=2,
+    parser.add_argument('--qscale', type=cli.number(minimum=0, maximum=31), default=2,
                         help='mjpeg quality, 2 (best) .. 31; 0: the encoder default')
     parser.add_argument('--keep_video', action='store_true',
                         help='store each video file unchanged (native rate and size, decoded at '
                         'eval time by the test protocol\'s own decoder) and an XViT .h5 file\'s '
                         'JPEG frames as they are: shards that serve the official test protocols '
                         'exactly (frame folders: use --short_side 0 to keep their JPEGs)')
-    parser.add_argument('--workers', type=int, default=os.cpu_count() or 1)
+    parser.add_argument('--workers', type=cli.number(minimum=1), default=os.cpu_count() or 1)
     parser.add_argument('--verify', action='store_true', help='re-read and decode every record')
 
 

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from vtx import cli
+from vtx.errors import VtxError
 
 CLASSES = ('left', 'right', 'up', 'down')
 _DIRECTIONS = {'left': (0, -1), 'right': (0, 1), 'up': (-1, 0), 'down': (1, 0)}  # (dy, dx)
@@ -47,6 +48,31 @@ class MotionSpec:
     jitter: int = 2               # distractors move up to this many px per axis per frame
     noise: float = 6.0            # std of Gaussian pixel noise (levels)
     jpeg_quality: int = 95        # with full-resolution chroma: the target is 2 px wide
+
+    def check(self, name=lambda field: field) -> 'MotionSpec':
+        """Itself, or VtxError naming the first setting (as `name(field)` calls it: a flag, a
+        config key) with which the videos would not show one target moving in its direction."""
+
+        def low_high(pair, low):
+            return len(pair) == 2 and low <= pair[0] <= pair[1]
+        rules = (
+            ('frame_size', self.frame_size >= 1, 'at least 1'),
+            ('num_frames', self.num_frames >= 2, 'at least 2 frames, for motion to show'),
+            ('target_size', 1 <= self.target_size <= self.frame_size,
+             f'1 to the frame size ({self.frame_size})'),
+            ('target_size', self.num_distractors[-1] == 0
+             or self.target_size not in self.distractor_sizes,
+             f'a size other than the distractors\' {self.distractor_sizes}'),
+            ('speed', low_high(self.speed, 1),
+             '(LOW, HIGH) with 1 <= LOW <= HIGH: a target that stands still shows no direction'),
+            ('num_distractors', low_high(self.num_distractors, 0),
+             '(LOW, HIGH) with 0 <= LOW <= HIGH'),
+            ('jitter', self.jitter >= 0, 'at least 0'),
+            ('noise', self.noise >= 0, 'at least 0'))
+        for field, holds, expected in rules:
+            if not holds:
+                raise VtxError(f'{name(field)}={getattr(self, field)!r}: expected {expected}')
+        return self
 
 
 def make_video(spec: MotionSpec, label: int, rng: np.random.Generator) -> np.ndarray:
@@ -112,23 +138,28 @@ def write_split(out_dir: str, prefix: str, split: str, num_videos: int, num_shar
     return paths
 
 
+# MotionSpec's fields that a config sets, and their keys in config.data.
+_CONFIG_KEYS = {'frame_size': 'synthetic_frame_size', 'num_frames': 'synthetic_num_stored_frames',
+                'target_size': 'synthetic_target_size', 'speed': 'synthetic_speed',
+                'num_distractors': 'synthetic_num_distractors', 'jitter': 'synthetic_jitter',
+                'noise': 'synthetic_noise'}
+
+
 def _spec_from_config(data_config) -> MotionSpec:
-    get = data_config.get
-    defaults = MotionSpec()
-    return MotionSpec(
-        frame_size=int(get('synthetic_frame_size', defaults.frame_size)),
-        num_frames=int(get('synthetic_num_stored_frames', defaults.num_frames)),
-        target_size=int(get('synthetic_target_size', defaults.target_size)),
-        speed=tuple(get('synthetic_speed', defaults.speed)),
-        num_distractors=tuple(get('synthetic_num_distractors', defaults.num_distractors)),
-        jitter=int(get('synthetic_jitter', defaults.jitter)),
-        noise=float(get('synthetic_noise', defaults.noise)))
+    defaults, settings = MotionSpec(), {}
+    for field, key in _CONFIG_KEYS.items():
+        default = getattr(defaults, field)
+        value = data_config.get(key, default)
+        try:
+            settings[field] = type(default)(value)
+        except (TypeError, ValueError):
+            raise VtxError(f'config.data.{key}={value!r}: expected a {type(default).__name__} '
+                           f'such as {default!r}') from None
+    return MotionSpec(**settings).check(lambda field: f'config.data.{_CONFIG_KEYS[field]}')
 
 
 def _split_target(pattern: str, field: str, split: str):
     """A shard glob -> (folder, shard-name prefix), e.g. '/d/train-*-of-*' -> ('/d', 'train')."""
-    from vtx.errors import VtxError
-
     if not pattern or ',' in pattern:
         raise VtxError(f"{field}={pattern!r}: the synthetic dataset needs one glob such as "
                        f"'/tmp/motion/{split}-*-of-*'")
@@ -142,8 +173,6 @@ def ensure(data_config) -> None:
     when those globs match nothing; does nothing for globs that already match files."""
     from vtx.data.tf_on_host import tf
 
-    from vtx.errors import VtxError
-
     if data_config.synthetic != 'motion':
         raise VtxError(f"config.data.synthetic={data_config.synthetic!r}: the only built-in "
                        "synthetic dataset is 'motion'")
@@ -152,11 +181,16 @@ def ensure(data_config) -> None:
                        f'has {len(CLASSES)} classes {CLASSES}')
     spec = _spec_from_config(data_config)
     seed = int(data_config.get('synthetic_seed', 0))
+    num_shards = int(data_config.get('synthetic_num_shards', 4))
+    if num_shards < 1:
+        raise VtxError(f'config.data.synthetic_num_shards={num_shards}: expected at least 1')
     for split, default_count in (('train', 2000), ('eval', 400)):
         field = f'{split}_shards'
         pattern = data_config[field]
         folder, prefix = _split_target(pattern, f'config.data.{field}', split)
         count = int(data_config.get(f'synthetic_num_{split}', default_count))
+        if count < 1:
+            raise VtxError(f'config.data.synthetic_num_{split}={count}: expected at least 1 video')
         # What the shards hold is recorded beside them, so changed settings are never mixed up
         # with shards made from other ones.
         made_with = json.dumps({'spec': dataclasses.asdict(spec), 'seed': seed, 'count': count},
@@ -182,8 +216,7 @@ def ensure(data_config) -> None:
         os.makedirs(folder, exist_ok=True)
         with open(generating, 'w') as f:
             f.write(made_with)
-        write_split(folder, prefix, split, count, int(data_config.get('synthetic_num_shards', 4)),
-                    spec, seed)
+        write_split(folder, prefix, split, count, num_shards, spec, seed)
         with open(record + '.tmp', 'w') as f:
             f.write(made_with)
         os.replace(record + '.tmp', record)
@@ -199,9 +232,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog='vtx-demo-data', description=__doc__.split('\n')[0])
     defaults = MotionSpec()
     parser.add_argument('--out', required=True, help='output folder')
-    parser.add_argument('--num_train', type=int, default=2000)
-    parser.add_argument('--num_eval', type=int, default=400)
-    parser.add_argument('--num_shards', type=int, default=4, help='shards per split')
+    parser.add_argument('--num_train', type=cli.number(minimum=1), default=2000)
+    parser.add_argument('--num_eval', type=cli.number(minimum=1), default=400)
+    parser.add_argument('--num_shards', type=cli.number(minimum=1), default=4,
+                        help='shards per split')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--frame_size', type=int, default=defaults.frame_size)
     parser.add_argument('--num_frames', type=int, default=defaults.num_frames)
@@ -213,10 +247,13 @@ def main(argv=None):
     parser.add_argument('--jitter', type=int, default=defaults.jitter)
     parser.add_argument('--noise', type=float, default=defaults.noise)
     args = parser.parse_args(argv)
-    spec = MotionSpec(frame_size=args.frame_size, num_frames=args.num_frames,
-                      target_size=args.target_size, speed=tuple(args.speed),
-                      num_distractors=tuple(args.num_distractors), jitter=args.jitter,
-                      noise=args.noise)
+    try:
+        spec = MotionSpec(frame_size=args.frame_size, num_frames=args.num_frames,
+                          target_size=args.target_size, speed=tuple(args.speed),
+                          num_distractors=tuple(args.num_distractors), jitter=args.jitter,
+                          noise=args.noise).check(lambda field: f'--{field}')
+    except VtxError as e:
+        parser.error(str(e))
     for split, count in (('train', args.num_train), ('eval', args.num_eval)):
         paths = write_split(args.out, split, split, count, args.num_shards, spec, args.seed)
         print(f'{split}: {count} videos in {len(paths)} shards: {args.out}/{split}-*-of-*')
