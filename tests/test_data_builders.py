@@ -129,3 +129,27 @@ def test_csv_without_header_is_refused(tmp_path):
     (tmp_path / 'x.csv').write_text('a.mp4,0,1,walk\n')
     with pytest.raises(SystemExit, match='video_path'):
         build_from_csv.read_rows(str(tmp_path / 'x.csv'), '')
+
+
+@pytest.mark.parametrize('builder, files, flags, expected', [
+    (build_from_list, {}, ['--list', 'missing.txt'], '--list missing.txt: No such file'),
+    (build_from_list, {'l.txt': 'a.mp4 0\nb.mp4 5\n', 'names.txt': 'x\ny\n'},
+     ['--list', 'l.txt', '--class_names', 'names.txt'],
+     'l.txt:2: label 5, but --class_names lists 2 classes (0 to 1)'),
+    (build_from_frames, {'l.txt': 'f1 10 0\nf2 ten 1\n'}, ['--list', 'l.txt'],
+     'l.txt:2: expected "folder [num_frames] label" with integer num_frames and label'),
+    (build_from_csv, {'c.csv': 'video_path,label,start\na.mp4,x,soon\n'}, ['--csv', 'c.csv'],
+     "c.csv:2: start and end are seconds, got 'soon' and None"),
+    (build_from_csv, {'c.csv': 'video_path,label\na.mp4,x\n', 'map.json': '["x"]'},
+     ['--csv', 'c.csv', '--label_map', 'map.json'],
+     '--label_map map.json: expected a JSON object {name: integer index}'),
+])
+def test_bad_lists_and_files_are_one_error_line_naming_them(builder, files, flags, expected,
+                                                            tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(SystemExit) as stop:
+        builder.main([*flags, '--output_dir', 'shards'])
+    assert str(stop.value.code).startswith(expected)
+    assert not (tmp_path / 'shards').exists()

@@ -17,20 +17,24 @@ from vtx.data import shards
 
 
 def read_rows(csv_path: str, video_root: str, label_map_file: str = ''):
-    with open(csv_path, newline='') as f:
+    with shards.opened(csv_path, '--csv', newline='') as f:
         table = list(csv.DictReader(f))
     if not table or 'video_path' not in table[0]:
         raise SystemExit(f'{csv_path}: expected a header with video_path[,start,end,label]')
     names = [r['label'] for r in table if r.get('label')]
     mapping = shards.label_map_from_names(names, label_map_file) if names else {}
     rows = []
-    for r in table:
+    for number, r in enumerate(table, 2):   # line 1 is the header
         label = r.get('label') or None
+        try:
+            start, end = (float(r[key]) if r.get(key) else None for key in ('start', 'end'))
+        except ValueError:
+            raise SystemExit(f'{csv_path}:{number}: start and end are seconds, got '
+                             f'{r.get("start")!r} and {r.get("end")!r}') from None
         rows.append(shards.Row(
             source=os.path.join(video_root, r['video_path']) if video_root else r['video_path'],
             label_index=mapping[label] if label else None, label_text=label,
-            start=float(r['start']) if r.get('start') else None,
-            end=float(r['end']) if r.get('end') else None))
+            start=start, end=end))
     return rows, mapping
 
 

@@ -15,17 +15,18 @@ from vtx.data import shards
 
 def read_rows(list_path: str, frames_root: str, names=None):
     rows = []
-    with open(list_path) as f:
+    with shards.opened(list_path, '--list') as f:
         for number, line in enumerate(f, 1):
             fields = line.split()
             if not fields:
                 continue
-            if len(fields) not in (2, 3):
-                raise SystemExit(f'{list_path}:{number}: expected "folder [num_frames] label", '
-                                 f'got {line.strip()!r}')
+            if (len(fields) not in (2, 3) or not fields[-1].lstrip('-').isdigit()
+                    or not all(n.isdigit() for n in fields[1:-1])):
+                raise SystemExit(f'{list_path}:{number}: expected "folder [num_frames] label" '
+                                 f'with integer num_frames and label, got {line.strip()!r}')
             folder, label = fields[0], int(fields[-1])
-            text = names[label] if names else os.path.basename(os.path.dirname(
-                folder.rstrip('/')))
+            text = (shards.class_name(names, label, f'{list_path}:{number}') if names else
+                    os.path.basename(os.path.dirname(folder.rstrip('/'))))
             rows.append(shards.Row(
                 source=os.path.join(frames_root, folder), label_index=label, label_text=text,
                 filename=folder, max_frames=int(fields[1]) if len(fields) == 3 else None))

@@ -12,7 +12,7 @@ from vtx.data import shards
 
 def read_rows(list_path: str, video_root: str, names=None, separator=None):
     rows = []
-    with open(list_path) as f:
+    with shards.opened(list_path, '--list') as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -21,8 +21,9 @@ def read_rows(list_path: str, video_root: str, names=None, separator=None):
                 raise SystemExit(f'{list_path}:{number}: expected "path label" with an integer '
                                  f'label, got {line.strip()!r}')
             path, label = fields[0].strip(), int(fields[1])
+            text = shards.class_name(names, label, f'{list_path}:{number}') if names else str(label)
             rows.append(shards.Row(source=os.path.join(video_root, path), label_index=label,
-                                   label_text=names[label] if names else str(label),
+                                   label_text=text,
                                    filename=path))
     return rows
 

@@ -6,6 +6,7 @@ processes (PyAV only) and written by this process in row order, row r to shard r
 skipped; the count is printed at the end.
 """
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -66,13 +67,36 @@ def settings_from_flags(args) -> EncodeSettings:
                           keep_video=args.keep_video)
 
 
+@contextlib.contextmanager
+def opened(path: str, flag: str, **kwargs):
+    """`path` open for reading; a missing or unreadable file is one error line naming `flag`."""
+    try:
+        f = open(path, **kwargs)
+    except OSError as e:
+        raise SystemExit(f'{flag} {path}: {e.strerror}') from None
+    with f:
+        yield f
+
+
+def class_name(names: Sequence[str], label: int, where: str) -> str:
+    """names[label]; a label without a name is one error line naming `where` (file:line)."""
+    if not 0 <= label < len(names):
+        raise SystemExit(f'{where}: label {label}, but --class_names lists {len(names)} classes '
+                         f'(0 to {len(names) - 1})')
+    return names[label]
+
+
 def label_map_from_names(names: Sequence[str], label_map_file: Optional[str]) -> Dict[str, int]:
     """A fixed map (json {name: index} or one name per line) or the sorted distinct names."""
     if label_map_file:
-        with open(label_map_file) as f:
+        with opened(label_map_file, '--label_map') as f:
             text = f.read()
         if label_map_file.endswith('.json'):
-            mapping = {str(k): int(v) for k, v in json.loads(text).items()}
+            try:
+                mapping = {str(k): int(v) for k, v in json.loads(text).items()}
+            except (ValueError, TypeError, AttributeError) as e:
+                raise SystemExit(f'--label_map {label_map_file}: expected a JSON object '
+                                 f'{{name: integer index}} ({e})') from None
         else:
             lines = [line.strip() for line in text.splitlines() if line.strip()]
             mapping = {name: i for i, name in enumerate(lines)}
@@ -87,7 +111,7 @@ def class_names(path: Optional[str]) -> Optional[List[str]]:
     """One class name per line, in index order (optional)."""
     if not path:
         return None
-    with open(path) as f:
+    with opened(path, '--class_names') as f:
         return [line.strip() for line in f if line.strip()]
 
 
