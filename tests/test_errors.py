@@ -67,7 +67,9 @@ def test_workdir_of_another_model(demo_data_dir, tmp_path):
 
 
 @pytest.mark.parametrize('args, expected', [
-    (['--config.train.batchsize=4'], 'Did you mean "batch_size"'),
+    (['--config.train.batchsize=4'], "no field 'batchsize' (did you mean batch_size"),
+    (['--config.train.nope=1'],
+     "vtx-train: error: --config.train.nope: the config has no field 'nope'"),
     (['--config.train.batch_size=abc'], "invalid literal for int() with base 10: 'abc'"),
     (['--config.model.name=swin_huge'], "config.model.name='swin_huge' is not a vtx model"),
     (['--config.model.window_size=(8,7,7)'], 'window_size'),

@@ -123,16 +123,22 @@ def fail(error) -> None:
 
 
 def parse_flags(argv):
-    """absl flag parsing, with a bad flag or `--config.*` override reported in one paragraph."""
+    """absl flag parsing, with a bad flag or `--config.*` override reported in one line."""
     try:
         return flags.FLAGS(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        # ml_collections names an unknown field only by its last part ("'nope'").
+        fields = [a.split('=', 1)[0][len('--config.'):] for a in argv[1:]
+                  if a.startswith('--config.')]
+        if fields and _flag_value(argv, 'config'):
+            config = vtx_config.get(_flag_value(argv, 'config'))
+            for error in filter(None, (vtx_config.unknown_field(config, f) for f in fields)):
+                fail(error)
         detail = ' '.join(str(e).replace('\\n', ' ').replace('\\', '').split())
         detail = detail.replace("''", "'").rstrip("'") if detail.startswith("''") else detail
-        overrides = ' '.join(a for a in argv[1:] if a.startswith('--config.')) or 'none'
-        fail(f'bad command line: {detail}. The --config.* overrides given were: '
-                      f'{overrides}. Each must name a field that exists in the config (shared '
-                      "fields are listed in vtx/config.py) and give a value of that field's type.")
+        if '--config.' in detail:
+            detail += " (a --config.* value must have the type of the config's field)"
+        fail(f'bad command line: {detail}')
 
 
 def _print_help(main):

@@ -106,19 +106,32 @@ def get(name_or_path: str) -> ml_collections.ConfigDict:
                           f'{type(e).__name__}: {e}') from None
 
 
+def unknown_field(config: ml_collections.ConfigDict, key: str) -> Optional[str]:
+    """Why the dotted `key` ('model.dtype') names no field of `config`, or None where it does."""
+    *parents, leaf = key.split('.')
+    node = config
+    for p in parents:
+        if not isinstance(node, ml_collections.ConfigDict) or p not in node:
+            return f'--config.{key}: the config has no field {p!r}'
+        node = node[p]
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        close = difflib.get_close_matches(leaf, known, n=3)
+        hint = f' (did you mean {", ".join(close)}?)' if close else ''
+        return f'--config.{key}: the config has no field {leaf!r}{hint}'
+    return None
+
+
 def set_overrides(config: ml_collections.ConfigDict, overrides: Optional[dict]):
     """Sets dotted `overrides` ('model.dtype': value) on `config`; an unknown field is an error."""
     for key, value in (overrides or {}).items():
+        error = unknown_field(config, key)
+        if error:
+            raise ConfigError(error)
         *parents, leaf = key.split('.')
         node = config
         for p in parents:
-            if p not in node:
-                raise ConfigError(f'--config.{key}: the config has no field {p!r}')
             node = node[p]
-        if leaf not in node:
-            close = difflib.get_close_matches(leaf, list(node.keys()), n=3)
-            hint = f' (did you mean {", ".join(close)}?)' if close else ''
-            raise ConfigError(f'--config.{key}: the config has no field {leaf!r}{hint}')
         node[leaf] = value
     return config
 
