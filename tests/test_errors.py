@@ -73,6 +73,8 @@ def test_workdir_of_another_model(demo_data_dir, tmp_path):
     (['--config.train.batch_size=abc'], "invalid literal for int() with base 10: 'abc'"),
     (['--config.model.name=swin_huge'], "config.model.name='swin_huge' is not a vtx model"),
     (['--config.model.window_size=(8,7,7)'], 'window_size'),
+    (['--coordinator_address=localhost:1', '--num_processes=2', '--process_id=2'],
+     '--process_id 2: processes are numbered 0 to --num_processes - 1 (1)'),
 ])
 def test_cli_errors_are_one_paragraph(demo_data_dir, tmp_path, args, expected):
     out = subprocess.run(demo_cli(demo_data_dir, str(tmp_path / 'run'), *args), cwd=REPO,
@@ -82,6 +84,15 @@ def test_cli_errors_are_one_paragraph(demo_data_dir, tmp_path, args, expected):
     assert 'Traceback' not in out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith('vtx-train: error:')]
     assert len(errors) == 1, out.stderr
+
+
+@pytest.mark.parametrize('flag', ['--top_k=0', '--batch_size=-1'])
+def test_predict_counts_out_of_range_are_one_line(flag):
+    out = subprocess.run([sys.executable, '-m', 'vtx.predict', '--model', 'xvit_k600', flag,
+                          'unused.mp4'], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and 'Traceback' not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f'vtx-predict: error: bad command '
+                                                          f'line: flag {flag}:')
 
 
 def test_cli_missing_config_file(tmp_path):

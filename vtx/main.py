@@ -21,8 +21,10 @@ def define_flags():
     flags.DEFINE_enum('mode', 'train_and_eval', ['train_and_eval', 'train', 'eval'], 'What to run.')
     flags.DEFINE_string('coordinator_address', None,
                         'host:port of process 0 for multi-process runs (implies config.distributed).')
-    flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
-    flags.DEFINE_integer('process_id', None, 'This process (with --coordinator_address).')
+    flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).',
+                         lower_bound=1)
+    flags.DEFINE_integer('process_id', None, 'This process (with --coordinator_address).',
+                         lower_bound=0)
     flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -38,6 +40,10 @@ def main(argv):
         cli.fail(f"--config: {' '.join(str(e).split())}")
     import jax
     if FLAGS.coordinator_address:
+        if None not in (FLAGS.num_processes, FLAGS.process_id) and (
+                FLAGS.process_id >= FLAGS.num_processes):
+            cli.fail(f'--process_id {FLAGS.process_id}: processes are numbered 0 to '
+                     f'--num_processes - 1 ({FLAGS.num_processes - 1})')
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     elif config.distributed:
         jax.distributed.initialize()  # TPU pods, SLURM and similar clusters auto-detect

@@ -249,10 +249,10 @@ def define_flags():
                         'label_names stored in the checkpoint, if any).')
     flags.DEFINE_string('features', None, 'Write the videos\' embeddings to this .npz instead '
                         'of classifying them.')
-    flags.DEFINE_integer('top_k', 5, 'How many classes to report per video.')
+    flags.DEFINE_integer('top_k', 5, 'How many classes to report per video.', lower_bound=1)
     flags.DEFINE_bool('json', False, 'Print one JSON document instead of text.')
     flags.DEFINE_integer('batch_size', 0, 'Videos per model call (each has clips x crops '
-                         'views); 0: config.train.eval_batch_size.')
+                         'views); 0: config.train.eval_batch_size.', lower_bound=0)
     flags.DEFINE_string('explain', None, 'Also write OUT_DIR/<video>.png per video: its frames '
                         'with what the model used (docs/explain.md) and the top-k classes.')
     flags.DEFINE_bool('explain_gif', False, 'With --explain, also write an animated <video>.gif.')
