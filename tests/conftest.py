@@ -1,6 +1,9 @@
 """Shared test setup: repo root on sys.path, locations of the shared fixtures, tiny configs."""
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -9,6 +12,9 @@ SHARED = os.path.join(REPO, '..', 'shared')
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+if 'VTX_COMPILATION_CACHE' not in os.environ:   # the commands the tests run keep their programs here
+    os.environ['VTX_COMPILATION_CACHE'] = tempfile.mkdtemp(prefix='vtx-test-xla-')
+    atexit.register(shutil.rmtree, os.environ['VTX_COMPILATION_CACHE'], True)
 
 
 def primitive_sites(jaxpr, name: str) -> int:

@@ -156,3 +156,45 @@ def test_commands_restart_once_with_huge_pages(tmp_path):
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.split('\n')[0] == f"{expected} ['an', 'argument'] 1"
     assert log.read_text().count('start') == (2 if expected else 1)
+
+
+def test_compilation_cache_folder_is_per_machine_and_can_be_turned_off(monkeypatch, tmp_path):
+    from vtx import xla_flags
+    monkeypatch.setenv('VTX_CACHE_DIR', str(tmp_path / 'vtx'))
+    monkeypatch.delenv(xla_flags.COMPILATION_CACHE_ENV, raising=False)
+    machine = xla_flags.machine_id()
+    assert xla_flags.compilation_cache_dir() == str(tmp_path / 'vtx' / 'xla' / machine)
+    monkeypatch.setenv(xla_flags.COMPILATION_CACHE_ENV, str(tmp_path / 'mine'))
+    assert xla_flags.compilation_cache_dir() == str(tmp_path / 'mine' / machine)
+    for off in ('', 'off', '0'):
+        monkeypatch.setenv(xla_flags.COMPILATION_CACHE_ENV, off)
+        assert xla_flags.compilation_cache_dir() is None
+
+
+def test_a_second_process_loads_what_the_first_compiled(tmp_path):
+    """enable_compilation_cache, as vtx-train and vtx-predict call it: the first process writes
+    its compiled program, the next one loads it (a cache hit) instead of compiling; a cache the
+    user set through JAX is left alone."""
+    import subprocess
+    import sys
+    code = ('import jax, jax.numpy as jnp\n'
+            'from jax import monitoring\n'
+            'from vtx import xla_flags\n'
+            'hits = []\n'
+            'monitoring.register_event_listener(lambda event, **kw: hits.append(event)'
+            ' if event == "/jax/compilation_cache/cache_hits" else None)\n'
+            'folder = xla_flags.enable_compilation_cache()\n'
+            'jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()\n'
+            'print(folder, len(hits))')
+    env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_COMPILATION_CACHE')}
+    env.update({'VTX_COMPILATION_CACHE': str(tmp_path / 'cache'),
+                'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'})   # cache even this small program
+    run = lambda env: subprocess.run([sys.executable, '-c', code], env=env, cwd=REPO, check=True,
+                                     capture_output=True, text=True, timeout=120).stdout.split()
+    folder, hits = run(env)
+    assert folder.startswith(str(tmp_path / 'cache')) and hits == '0'
+    assert any(name.endswith('-cache') for name in os.listdir(folder))
+    again, hits = run(env)
+    assert again == folder and int(hits) >= 1   # the product, and jnp.ones's own little program
+    env['JAX_COMPILATION_CACHE_DIR'] = str(tmp_path / 'users')
+    assert run(env) == [str(tmp_path / 'users'), '0']

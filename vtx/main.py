@@ -8,7 +8,7 @@ printed as one paragraph naming the culprit (exit status 2).
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vtx import cli
+from vtx import cli, xla_flags
 
 FLAGS = flags.FLAGS
 
@@ -39,6 +39,7 @@ def main(argv):
     except OSError as e:
         cli.fail(f"--config: {' '.join(str(e).split())}")
     import jax
+    xla_flags.enable_compilation_cache()
     if FLAGS.coordinator_address:
         if None not in (FLAGS.num_processes, FLAGS.process_id) and (
                 FLAGS.process_id >= FLAGS.num_processes):

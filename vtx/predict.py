@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from vtx import checkpoint, cli, steps  # noqa: E402
+from vtx import checkpoint, cli, steps, xla_flags  # noqa: E402
 from vtx import config as vtx_config  # noqa: E402
 from vtx.errors import VtxError  # noqa: E402
 from vtx.models import build_model  # noqa: E402
@@ -261,6 +261,7 @@ def define_flags():
 def main(argv):
     FLAGS = flags.FLAGS
     logging.set_verbosity(logging.ERROR)  # orbax warns about metadata a workdir never has
+    xla_flags.enable_compilation_cache()
     videos = argv[1:]
     if not videos:
         raise app.UsageError('give one or more video files to classify')
