@@ -12,7 +12,7 @@ SHARED = os.path.join(REPO, '..', 'shared')
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-if 'VTX_COMPILATION_CACHE' not in os.environ:   # the commands the tests run keep their programs here
+if 'VTX_COMPILATION_CACHE' not in os.environ:   # where the commands the tests run keep programs
     os.environ['VTX_COMPILATION_CACHE'] = tempfile.mkdtemp(prefix='vtx-test-xla-')
     atexit.register(shutil.rmtree, os.environ['VTX_COMPILATION_CACHE'], True)
 
