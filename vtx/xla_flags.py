@@ -137,8 +137,8 @@ def host() -> dict:
 # vtx's commands that compile a model (vtx-train, vtx-predict) keep the compiled XLA programs in
 # JAX's persistent compilation cache, so a rerun, a resumed run or another prediction with the
 # same model and shapes loads them instead of compiling again: Video Swin-T's train step compiled
-# in 11.3 s and loaded in 1.2 s on 2 cores. Timing tools (vtx-benchmark, the scripts) do not use
-# it, so the compile times they report are compilations.
+# in 11.5 s and loaded in 1.2 s on 2 cores (docs/performance.md). Timing tools (vtx-benchmark, the
+# scripts) do not use it, so the compile times they report are compilations.
 COMPILATION_CACHE_ENV = 'VTX_COMPILATION_CACHE'
 COMPILATION_CACHE_MAX_BYTES = 4 << 30   # least recently used programs are deleted beyond it
 _OFF = ('', '0', 'off', 'false', 'none')
