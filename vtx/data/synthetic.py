@@ -60,7 +60,7 @@ class MotionSpec:
             ('num_frames', self.num_frames >= 2, 'at least 2 frames, for motion to show'),
             ('target_size', 1 <= self.target_size <= self.frame_size,
              f'1 to the frame size ({self.frame_size})'),
-            ('target_size', self.num_distractors[-1] == 0
+            ('target_size', max(self.num_distractors, default=0) == 0
              or self.target_size not in self.distractor_sizes,
              f'a size other than the distractors\' {self.distractor_sizes}'),
             ('speed', low_high(self.speed, 1),
