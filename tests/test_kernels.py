@@ -63,11 +63,13 @@ def test_attention_is_the_textbook_formula():
     ((4, 1, 2, 5, 5), None),       # TPS: one bias per frame, shared by the windows
     ((6, 2, 5, 5), None),          # a bias per window and head
     (None, None)])                 # ViT: neither
+@pytest.mark.parametrize('long_sequences', [False, True])
 def test_chunked_attention_and_its_vjp_equal_the_formula(monkeypatch, bias_shape, mask_shape,
-                                                         chunk_bytes, plan):
+                                                         chunk_bytes, plan, long_sequences):
     """On CPU large attention runs in chunks along the outermost axis whose slices fit; forced
     here to chunks of frames, windows or heads, the output and the gradients (q, k, v, bias)
-    equal autodiff of the unchunked formula."""
+    equal autodiff of the unchunked formula. Sequences counted as long also run their products
+    over head_dim d-major (`_over_head_dim`)."""
     rng = np.random.default_rng(6)
     lead, n, heads, hd = (2, 4, 6), 5, 2, 4
     q, k, v = (jnp.asarray(rng.normal(size=(*lead, n, heads, hd)), jnp.float32) for _ in range(3))
@@ -77,6 +79,9 @@ def test_chunked_attention_and_its_vjp_equal_the_formula(monkeypatch, bias_shape
             jnp.asarray(np.where(rng.random(mask_shape) < 0.3, -100.0, 0.0), jnp.float32))
     monkeypatch.setattr(attention_kernel, 'CHUNK_ABOVE', 0)
     monkeypatch.setattr(attention_kernel, 'CHUNK_BYTES', chunk_bytes)
+    if long_sequences:
+        monkeypatch.setattr(attention_kernel, 'LONG_HEAD_SCORES', 0)
+        monkeypatch.setattr(attention_kernel, 'LONG_CHUNK_ABOVE', 0)
     assert attention_kernel._chunk_plan((*lead, heads, n, n)) == plan
     cotangent = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
 
@@ -95,6 +100,8 @@ def test_chunked_attention_and_its_vjp_equal_the_formula(monkeypatch, bias_shape
     for grad, ref in zip(pullback(cotangent), ref_pullback(cotangent)):
         assert grad.shape == ref.shape
         np.testing.assert_allclose(grad, ref, rtol=1e-4, atol=1e-5)
+    step = jax.jit(lambda *a: jax.vjp(lambda *b: attention(*b, bias, mask), *a)[1](cotangent))
+    assert ('optimization_barrier' in step.lower(q, k, v).as_text()) == long_sequences
 
 
 @pytest.mark.parametrize('chunked', [False, True])
@@ -157,6 +164,23 @@ def test_which_attention_runs_in_chunks():
     assert attention_kernel._chunk_plan((64, 12, 197, 197)) == (0, 2)         # 114 MiB
     with attention_kernel.unchunked():
         assert attention_kernel._chunk_plan((1, 2, 64, 3, 392, 392)) is None
+
+
+def test_long_sequences_in_chunks_run_their_products_d_major():
+    """The measured rule (see `_over_head_dim`): Video Swin's 392-token windows run q k^T (and
+    dO v^T) from d-major copies, behind an optimization barrier; ViT's 197 tokens in chunks, MViT's
+    pooled attention (whole) and anything under `unchunked` keep the plain products."""
+    def barriers(q_shape, k_shape):
+        q, k = jax.ShapeDtypeStruct(q_shape, jnp.float32), jax.ShapeDtypeStruct(k_shape, jnp.float32)
+        train = jax.jit(lambda q, k: jax.grad(lambda q: attention(q, k, k, None, None).sum())(q))
+        return train.lower(q, k).as_text().count('optimization_barrier')
+    swin = ((1, 2, 64, 392, 3, 32),) * 2                # Video Swin-T stage 1
+    assert barriers(*swin) == 2                         # forward and backward, once per chunk loop
+    assert barriers((64, 197, 12, 64), (64, 197, 12, 64)) == 0                 # ViT, in chunks
+    assert attention_kernel._chunk_plan((64, 12, 197, 197)) is not None
+    assert barriers((1, 25088, 1, 96), (1, 392, 1, 96)) == 0                    # MViT-B block 1
+    with attention_kernel.unchunked():
+        assert barriers(*swin) == 0
 
 
 @pytest.mark.parametrize('shape,target', [

@@ -99,14 +99,36 @@ def _scale(q):
     return jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
 
 
-def _heads_first_attention(q, k, v, bias, dropout_rng=None, dropout_rate: float = 0.0):
+def _over_head_dim(a, b, dtype=None, d_major: bool = False):
+    """a [..., m, d] times b [..., n, d] over d: [..., m, n], accumulated in `dtype` where given
+    (the scores q k^T, and dO v^T in the backward).
+
+    `d_major`: both operands are first copied d-major ([..., d, m] and [..., d, n]) behind an
+    optimization barrier, which keeps XLA from folding the transposes back into the product.
+    XLA:CPU then runs it as a dot of its own instead of inside the softmax's YNNPACK fusion: in a
+    profile of Video Swin-T's stage 1 (head_dim 32, 392-token windows), 0.061 s per block for
+    product, bias, mask, max and exponential became 0.022 s for the product and 0.021 s for the
+    rest. The layout is what pays: the barrier alone, operands left as they are, was no faster
+    than the fused product. The chunk loops of long sequences ask for it (see `_chunk_plan`); whole steps, both
+    compiled in one process and alternated (docs/performance.md, 2026-12-05): Swin-T eval
+    1.258 -> 1.235 s median (1.216 -> 1.172 s min), train step 4.425 -> 4.387 s. MViT's pooled
+    attention, which runs whole, and short sequences (ViT's 197 tokens, TPS's 49) were no faster
+    or slower that way and keep the plain product."""
+    if d_major:
+        a, b = jax.lax.optimization_barrier((jnp.swapaxes(a, -1, -2), jnp.swapaxes(b, -1, -2)))
+        return jnp.einsum('...dm,...dn->...mn', a, b, preferred_element_type=dtype)
+    return jnp.einsum('...md,...nd->...mn', a, b, preferred_element_type=dtype)
+
+
+def _heads_first_attention(q, k, v, bias, dropout_rng=None, dropout_rate: float = 0.0,
+                           d_major: bool = False):
     """(context, weights), everything heads-first: q [..., h, q, d], k/v [..., h, k, d].
 
     Without dropout the softmax's row sums divide the context [..., q, d] instead of the weights
     [..., q, k]: eval, which drops the weights, then skips a pass over the scores (Swin-T 32x224
     eval on 2 cores, alternating in one process: 1.282 -> 1.261 s; TPS-T 0.970 -> 0.922 s)."""
     f32 = jnp.float32
-    scores = jnp.einsum('...qd,...kd->...qk', q * _scale(q), k).astype(f32)
+    scores = _over_head_dim(q * _scale(q), k, d_major=d_major).astype(f32)
     if bias is not None:
         scores = scores + bias.astype(f32)
     exp = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
@@ -164,6 +186,7 @@ def sum_to_shape(x, shape):
 # - Shorter ones (ViT's 197 tokens, TPS's 49) from CHUNK_ABOVE: chunks from 16 MiB made XViT-B's
 #   (28 MiB) and TPS-T's evals 3% slower.
 # - Chunks of 4 MiB beat 2 and 8 MiB (Swin-T eval 1.26 against 1.29 and 1.35 s).
+# - In the chunks of long sequences the products over head_dim run d-major (`_over_head_dim`).
 # Without transparent huge pages whole attention is slower still: a lone Swin-T stage-3 forward
 # took 81 ms whole and 25 ms in chunks, against 33 and 29 ms with them.
 CHUNK_ABOVE = 64 << 20
@@ -185,6 +208,11 @@ def unchunked():
         _whole = before
 
 
+def _long(scores_shape) -> bool:
+    """Whether one head's scores exceed LONG_HEAD_SCORES."""
+    return math.prod(scores_shape[-2:]) * 4 > LONG_HEAD_SCORES
+
+
 def _chunk_plan(scores_shape):
     """(axis, size): attention whose heads-first scores have `scores_shape` ([..., heads, q, k])
     runs in chunks of `size` along `axis` (a leading axis or the heads), each with all of the later
@@ -195,8 +223,7 @@ def _chunk_plan(scores_shape):
     if (_whole or jax.default_backend() != 'cpu'
             or not all(isinstance(n, int) for n in scores_shape)):   # symbolic (exported) batch
         return None
-    total, head = math.prod(scores_shape) * 4, math.prod(scores_shape[-2:]) * 4
-    if total <= (LONG_CHUNK_ABOVE if head > LONG_HEAD_SCORES else CHUNK_ABOVE):
+    if math.prod(scores_shape) * 4 <= (LONG_CHUNK_ABOVE if _long(scores_shape) else CHUNK_ABOVE):
         return None
     for axis in range(len(scores_shape) - 2):   # the outermost axis whose slices fit a chunk
         per_slice = math.prod(scores_shape[axis + 1:]) * 4
@@ -318,7 +345,7 @@ def _attention_forward(inputs, bias, mask):
                               mask_s.value).additive()
                   if isinstance(mask_s, SegmentMask) else of(mask_s))
         o, p = _heads_first_attention(*_chunk_of_inputs(inputs, i, scores_shape, plan),
-                                      _add(of(bias_s), mask_i))
+                                      _add(of(bias_s), mask_i), d_major=_long(scores_shape))
         return _put_chunk(out, i, o, scores_shape, plan, 'tokens', add=False), p
 
     out = jnp.zeros(query.shape[:-1] + value.shape[-1:], value.dtype)
@@ -326,11 +353,11 @@ def _attention_forward(inputs, bias, mask):
     return out, (inputs, out, p, bias)
 
 
-def _heads_first_backward(q, k, v, o, p, do):
+def _heads_first_backward(q, k, v, o, p, do, d_major: bool = False):
     """(dq, dk, dv, dscores), heads-first; dscores [..., heads, q, k] in float32."""
     f32 = jnp.float32
     dv = jnp.einsum('...qk,...qd->...kd', p, do)
-    dp = jnp.einsum('...qd,...kd->...qk', do, v, preferred_element_type=f32)
+    dp = _over_head_dim(do, v, f32, d_major)
     delta = jnp.sum(do.astype(f32) * o.astype(f32), axis=-1, keepdims=True)  # rowsum(dO O)
     ds = p.astype(f32) * (dp - delta)
     dq = jnp.einsum('...qk,...kd->...qd', ds.astype(q.dtype), k) * _scale(q)
@@ -365,7 +392,7 @@ def _attention_backward(residuals, do):
         (inputs_sum, bias_sum), (i, p_i) = sums, xs
         of = lambda x: _chunk_of(x, i, scores_shape, plan, 'tokens')
         dq, dk, dv, ds = _heads_first_backward(*_chunk_of_inputs(inputs, i, scores_shape, plan),
-                                               of(o), p_i, of(do))
+                                               of(o), p_i, of(do), _long(scores_shape))
         inputs_sum = _add_to_inputs(inputs_sum, i, [g.astype(jnp.float32) for g in (dq, dk, dv)],
                                     scores_shape, plan)
         if bias is not None:
