@@ -109,11 +109,12 @@ def _over_head_dim(a, b, dtype=None, d_major: bool = False):
     profile of Video Swin-T's stage 1 (head_dim 32, 392-token windows), 0.061 s per block for
     product, bias, mask, max and exponential became 0.022 s for the product and 0.021 s for the
     rest. The layout is what pays: the barrier alone, operands left as they are, was no faster
-    than the fused product. The chunk loops of long sequences ask for it (see `_chunk_plan`); whole steps, both
-    compiled in one process and alternated (docs/performance.md, 2026-12-05): Swin-T eval
-    1.258 -> 1.235 s median (1.216 -> 1.172 s min), train step 4.425 -> 4.387 s. Attention that
-    runs whole (most of MViT's, slower in STTS-MViT's train step) and short sequences (ViT's 197
-    tokens, TPS's 49) were no faster or slower that way and keep the plain product."""
+    than the fused product. The chunk loops of long sequences ask for it (see `_chunk_plan`);
+    whole steps, both compiled in one process and alternated (docs/performance.md, 2026-12-05):
+    Swin-T eval 1.258 -> 1.235 s median (1.216 -> 1.172 s min), train step 4.425 -> 4.387 s.
+    Attention that runs whole (most of MViT's; STTS-MViT's train step got slower) and short
+    sequences (ViT's 197 tokens, TPS's 49) were no faster or slower that way and keep the plain
+    product."""
     if d_major:
         a, b = jax.lax.optimization_barrier((jnp.swapaxes(a, -1, -2), jnp.swapaxes(b, -1, -2)))
         return jnp.einsum('...dm,...dn->...mn', a, b, preferred_element_type=dtype)
