@@ -110,8 +110,10 @@ def _over_head_dim(a, b, dtype=None, d_major: bool = False):
     product, bias, mask, max and exponential became 0.022 s for the product and 0.021 s for the
     rest. The layout is what pays: the barrier alone, operands left as they are, was no faster
     than the fused product. The chunk loops of long sequences ask for it (see `_chunk_plan`);
-    whole steps, both compiled in one process and alternated (docs/performance.md, 2026-12-05):
-    Swin-T eval 1.258 -> 1.235 s median (1.216 -> 1.172 s min), train step 4.425 -> 4.387 s.
+    whole steps on 2 cores of an AMD EPYC, both compiled in one process and alternated
+    (docs/performance.md, 2026-12-05; XLA's / torch's 2048^2 matmul 213 / 155-197 and 217-218 /
+    190-200 GFLOP/s in those runs): Swin-T eval 1.258 -> 1.235 s median (1.216 -> 1.172 s min),
+    train step 4.425 -> 4.387 s.
     Attention that runs whole (most of MViT's; STTS-MViT's train step got slower) and short
     sequences (ViT's 197 tokens, TPS's 49) were no faster or slower that way and keep the plain
     product."""
