@@ -166,6 +166,45 @@ def test_which_attention_runs_in_chunks():
         assert attention_kernel._chunk_plan((1, 2, 64, 3, 392, 392)) is None
 
 
+def test_which_eval_attention_runs_in_query_rows():
+    """The measured rule (see `_query_rows`): MViT's pooled attention, whole in `_chunk_plan`
+    because one head's scores exceed a chunk, runs its eval in query rows from the same threshold
+    (MViT-B 16x224 blocks 0 and 1-2), in 10 chunks of about CHUNK_BYTES; smaller scores,
+    attention that `_chunk_plan` loops over and anything under `unchunked` do not."""
+    assert attention_kernel._chunk_plan((1, 1, 25089, 393)) is None
+    assert attention_kernel._query_rows((1, 1, 25089, 393)) == 2509      # MViT-B block 0, 39 MB
+    assert attention_kernel._query_rows((1, 2, 6273, 393)) == 1255       # blocks 1-2, 20 MB
+    assert attention_kernel._query_rows((1, 4, 1569, 393)) is None       # blocks 3-4, 10 MB
+    assert attention_kernel._query_rows((1, 2, 64, 3, 392, 392)) is None  # Swin-T, `_chunk_plan`
+    with attention_kernel.unchunked():
+        assert attention_kernel._query_rows((1, 1, 25089, 393)) is None
+
+
+@pytest.mark.parametrize('length', [12, 13])   # whole chunks of rows; the last one padded
+def test_eval_in_query_rows_equals_the_forward_the_train_step_runs(monkeypatch, length):
+    """Eval of attention forced into chunks of 3 query rows equals the VJP's forward, which runs
+    whole and keeps the weights, up to float32 rounding (XLA:CPU compiles the products of a chunk
+    and of the whole separately), and the formula."""
+    rng = np.random.default_rng(8)
+    q = jnp.asarray(rng.normal(size=(2, length, 2, 4)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(2, 5, 2, 4)), jnp.float32) for _ in range(2))
+    monkeypatch.setattr(attention_kernel, 'LONG_HEAD_SCORES', 0)
+    monkeypatch.setattr(attention_kernel, 'LONG_CHUNK_ABOVE', 0)
+    # One head's scores (length x 5) exceed a chunk; 3 rows of every head and batch fit one.
+    monkeypatch.setattr(attention_kernel, 'CHUNK_BYTES', 200)
+    scores_shape = (2, 2, length, 5)
+    assert attention_kernel._chunk_plan(scores_shape) is None
+    assert attention_kernel._query_rows(scores_shape) == 3
+    evaluate = jax.jit(lambda q: attention(q, k, v, None, None))
+    train_forward = jax.jit(lambda q: jax.vjp(lambda q: attention(q, k, v, None, None), q)[0])
+    assert 'while' in evaluate.lower(q).as_text()                # the loop over rows
+    assert 'while' not in train_forward.lower(q).as_text()
+    np.testing.assert_allclose(evaluate(q), train_forward(q), rtol=0, atol=1e-6)
+    formula = jnp.einsum('bqhd,bkhd->bhqk', q, k) / 2.0
+    formula = jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(formula, axis=-1), v)
+    np.testing.assert_allclose(evaluate(q), formula, rtol=1e-5, atol=1e-6)
+
+
 def test_long_sequences_in_chunks_run_their_products_d_major():
     """The measured rule (see `_over_head_dim`): Video Swin's 392-token windows run q k^T (and
     dO v^T) from d-major copies, behind an optimization barrier; ViT's 197 tokens in chunks, MViT's

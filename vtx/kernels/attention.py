@@ -190,6 +190,8 @@ def sum_to_shape(x, shape):
 #   (28 MiB) and TPS-T's evals 3% slower.
 # - Chunks of 4 MiB beat 2 and 8 MiB (Swin-T eval 1.26 against 1.29 and 1.35 s).
 # - In the chunks of long sequences the products over head_dim run d-major (`_over_head_dim`).
+# - Eval of attention over the threshold whose single heads exceed a chunk (MViT's pooled
+#   attention) runs in chunks of query rows instead (`_query_rows`).
 # Without transparent huge pages whole attention is slower still: a lone Swin-T stage-3 forward
 # took 81 ms whole and 25 ms in chunks, against 33 and 29 ms with them.
 CHUNK_ABOVE = 64 << 20
@@ -235,6 +237,43 @@ def _chunk_plan(scores_shape):
             return axis, max(c for c in range(1, n + 1)
                              if n % c == 0 and c * per_slice <= CHUNK_BYTES)
     return None   # one head's scores exceed a chunk
+
+
+def _query_rows(scores_shape):
+    """Query rows per chunk for attention that runs whole (`_chunk_plan` None) although its scores
+    exceed the threshold, because one head's do not fit a chunk: MViT's pooled attention (MViT-B
+    16x224, block 0: 25089 queries against 393 keys, 39 MB of scores). Its eval then runs in even
+    chunks of query rows, each with every key, about CHUNK_BYTES of scores (`_context_by_rows`).
+    None where attention runs in a `_chunk_plan` loop or whole anyway.
+
+    MViT-B 16x224 eval on 2 cores of an AMD EPYC, both compiled in one process and alternated 16
+    times, twice (docs/performance.md, 2026-12-05; XLA's / torch's 2048^2 matmul 206-217 /
+    150-195 GFLOP/s): 1.032 -> 0.867 and 1.028 -> 0.877 s median (0.899 -> 0.854 and 0.887 ->
+    0.850 s min); STTS-MViT's eval was unchanged (0.477 s min both ways). Only eval, which drops
+    the weights, runs so: the train step keeps the whole weights for its backward, and a forward
+    that wrote them chunk by chunk made STTS-MViT's train step slower (1.877 -> 1.945 s min)."""
+    if (_whole or jax.default_backend() != 'cpu'
+            or not all(isinstance(n, int) for n in scores_shape)
+            or _chunk_plan(scores_shape) is not None):
+        return None
+    total = math.prod(scores_shape) * 4
+    if total <= (LONG_CHUNK_ABOVE if _long(scores_shape) else CHUNK_ABOVE):
+        return None
+    count = -(-total // CHUNK_BYTES)
+    return -(-scores_shape[-2] // count)
+
+
+def _context_by_rows(q, k, v, rows: int):
+    """The context of `_heads_first_attention(q, k, v, None)` computed as a loop over chunks of
+    `rows` query rows (the queries padded to a whole number of chunks); each row's softmax and
+    products are the same as whole."""
+    n = q.shape[-2]
+    count = -(-n // rows)
+    padded = jnp.pad(q, [(0, 0)] * (q.ndim - 2) + [(0, count * rows - n), (0, 0)])
+    chunks = jnp.moveaxis(padded.reshape(*q.shape[:-2], count, rows, q.shape[-1]), -3, 0)
+    context = jax.lax.map(lambda chunk: _heads_first_attention(chunk, k, v, None)[0], chunks)
+    context = jnp.moveaxis(context, 0, -3)
+    return context.reshape(*context.shape[:-3], count * rows, q.shape[-1])[..., :n, :]
 
 
 def _chunk_count(scores_shape, plan):
@@ -326,15 +365,20 @@ def _scores_shape(query, key_length: int):
     return (*query.shape[:-3], query.shape[-2], query.shape[-3], key_length)
 
 
-def _attention_forward(inputs, bias, mask):
+def _attention_forward(inputs, bias, mask, keep_weights: bool = True):
     """(output, residuals): the primal's output and what the backward needs. Whole, residuals are
     heads-first; in chunks they are the token-major inputs and output (each chunk transposes its
-    own slice, in cache) and the weights in chunks."""
+    own slice, in cache) and the weights in chunks. Without `keep_weights` (eval) there are no
+    residuals, and whole attention without bias or mask may run in query rows (`_query_rows`)."""
     query, key, value = _unpack(inputs)
     scores_shape = _scores_shape(query, key.shape[-3])
     plan = _chunk_plan(scores_shape)
     if plan is None:   # each input sliced and transposed in one copy, packed or not
         q, k, v = _swap_heads(query), _swap_heads(key), _swap_heads(value)
+        rows = (None if keep_weights or bias is not None or mask is not None
+                else _query_rows(scores_shape))
+        if rows is not None:
+            return _swap_heads(_context_by_rows(q, k, v, rows)), None
         o, p = _heads_first_attention(q, k, v, _add(bias, additive_mask(mask)))
         return _swap_heads(o), ((q, k, v), o, p, bias)
     rank = len(scores_shape)
@@ -419,8 +463,11 @@ def attention(query, key, value, bias, mask):
 
     Eval runs the primal and drops the weights; the train step runs the same forward as the VJP's
     and keeps them, so both compute the same bits. On CPU, large attention runs in chunks of
-    about CHUNK_BYTES of scores (see `_chunk_plan`)."""
-    return _attention_forward((query, key, value), bias, mask)[0]
+    about CHUNK_BYTES of scores (see `_chunk_plan`); the one exception to equal bits is eval of
+    MViT's pooled attention, in chunks of query rows where the train step runs it whole
+    (`_query_rows`): the same up to float32 rounding (bit for bit at MViT-B's shapes on the
+    2-core host)."""
+    return _attention_forward((query, key, value), bias, mask, keep_weights=False)[0]
 
 
 def _attention_vjp_backward(residuals, do):
@@ -443,7 +490,7 @@ def packed_attention(qkv, bias, mask):
     and the three gradients concatenated after. Video Swin-T 32x224 on 2 cores, both compiled in
     one process and alternated (docs/performance.md, 2026-12-05): eval 1.314 -> 1.281 s median,
     train step 4.642 -> 4.476 s."""
-    return _attention_forward(qkv, bias, mask)[0]
+    return _attention_forward(qkv, bias, mask, keep_weights=False)[0]
 
 
 def _packed_attention_vjp_backward(residuals, do):
