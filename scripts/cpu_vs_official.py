@@ -1,13 +1,16 @@
 """vtx against the official PyTorch code on this machine, measured as the official baseline was.
 
     PYTHONPATH=. python scripts/cpu_vs_official.py [--baseline ../shared/perf/official_cpu_baseline.md]
-        [--sizes full,small] [--models swin,tps,tokshift,xvit,mvit,stts] [--json]
+        [--sizes full,small] [--models swin,tps,tokshift,xvit,mvit,stts] [--rounds 2] [--json]
 
 The baseline's method: float32, batch 1, random inputs and weights, 1 untimed warm-up step, then
 3 timed steps (full-size configs) or 7 (small: 8 frames of 112x112); eval is the forward, train
 is forward + cross-entropy + backward + SGD with momentum 0.9 with dropout/drop-path active.
-Each model runs both modes back to back. The official medians (min) are read from the baseline's
-results table, matched by its model and config columns; speed-up = official median / vtx median.
+Each model runs both modes back to back. The baseline ran its whole set twice and pooled the two
+rounds' timings; so does this script (`--rounds`, default 2, in one process): each round's rows,
+then one 'pooled' row per model, size and mode with the median and min over every round's steps.
+The official medians (min) are read from the baseline's results table, matched by its model and
+config columns; speed-up = official median / vtx median.
 
 Both sides get the same compute resources: `--threads` (default 2, as the baseline's
 `torch.set_num_threads(2)`) pins this process to that many CPUs before JAX starts, which sizes
@@ -76,6 +79,52 @@ def baseline_torch_peak(path: str):
     return statistics.median(values) if values else None
 
 
+def comparison_row(times, official, torch_then, xla_rate, torch_rate, macs_per_step):
+    """The derived columns of one model, size and mode from vtx's step times (s) and the matmul
+    rates (GFLOP/s) measured with them; `official` is the baseline's (median s, min s) or None."""
+    median = statistics.median(times)
+    return {'vtx_median_s': median, 'vtx_min_s': min(times), 'vtx_times_s': list(times),
+            'official_median_s': official and official[0],
+            'official_min_s': official and official[1],
+            'speedup': official and official[0] / median,
+            'speedup_at_equal_matmul': (official and torch_then and torch_rate
+                                        and official[0] * torch_then / torch_rate / median),
+            'gmacs_per_step': macs_per_step / 1e9,
+            'mfu': 2 * macs_per_step / median / (xla_rate * 1e9),
+            'xla_matmul_gflops': xla_rate, 'torch_matmul_gflops': torch_rate}
+
+
+def pooled_row(rows, official, torch_then):
+    """One row from the rounds' rows of a model, size and mode: median and min over all their
+    step times, as the baseline pooled its two rounds (n = 2 x 3 for the full-size models); the
+    matmul rates are the rounds' medians, each round's median is kept."""
+    rate = lambda key: (statistics.median(r[key] for r in rows)
+                        if all(r[key] for r in rows) else None)
+    row = {**{k: rows[0][k] for k in ('model', 'config', 'size', 'mode', 'overrides', 'host')},
+           'round': 'pooled',
+           **comparison_row([t for r in rows for t in r['vtx_times_s']], official, torch_then,
+                            rate('xla_matmul_gflops'), rate('torch_matmul_gflops'),
+                            rows[0]['gmacs_per_step'] * 1e9),
+           'round_medians_s': [r['vtx_median_s'] for r in rows],
+           'compile_s': [r['compile_s'] for r in rows]}
+    row['peak_memory_bytes_xla'] = rows[0]['peak_memory_bytes_xla']
+    return row
+
+
+def markdown_row(row) -> str:
+    official = row['official_median_s']
+    return (f"| {row['config']}{' ' + str(row['overrides']) if row['overrides'] else ''} | "
+            f"{row['size']} | {MODE_NAMES[row['mode']]} | {row['round']} | "
+            + (f"{official:.3f} ({row['official_min_s']:.3f}) | " if official else '– | ')
+            + f"{row['vtx_median_s']:.3f} ({row['vtx_min_s']:.3f}) | "
+            + (f"{row['speedup']:.2f} | " if official else '– | ')
+            + (f"{row['speedup_at_equal_matmul']:.2f} | "
+               if row['speedup_at_equal_matmul'] else '– | ')
+            + f"{row['gmacs_per_step']:.2f} | {100 * row['mfu']:.0f}% | "
+            f"{row['peak_memory_bytes_xla'] / 2**30:.1f} GiB | {row['xla_matmul_gflops']:.0f} / "
+            + (f"{row['torch_matmul_gflops']:.0f} |" if row['torch_matmul_gflops'] else '– |'))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--baseline', default=os.path.join(REPO, '..', 'shared', 'perf',
@@ -84,8 +133,13 @@ def main(argv=None):
     parser.add_argument('--models', default=','.join(MODELS))
     parser.add_argument('--threads', type=int, default=2,
                         help='CPUs for XLA:CPU and torch (the baseline ran torch on 2 threads)')
+    parser.add_argument('--rounds', type=int, default=2,
+                        help='times the whole set runs; the timings of a model, size and mode are '
+                             'then pooled, as the baseline pooled its 2 rounds')
     parser.add_argument('--json', action='store_true')
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f'--rounds {args.rounds}: expected 1 or more')
     try:
         xla_flags.pin_threads(args.threads)
     except VtxError as e:
@@ -99,48 +153,39 @@ def main(argv=None):
     torch_then = baseline_torch_peak(args.baseline)
     if torch_then:
         print(f'torch.matmul 2048^2 when the baseline ran: {torch_then:.0f} GFLOP/s', flush=True)
+    emit = ((lambda row: print(json.dumps(row), flush=True)) if args.json else
+            (lambda row: print(markdown_row(row), flush=True)))
     if not args.json:
-        print('| model | size | mode | official median (min) s | vtx median (min) s | speed-up | '
-              'speed-up at equal matmul | vtx GMACs/step | vtx MFU | vtx XLA peak | '
-              'XLA / torch matmul GFLOP/s |\n|---|---|---|---|---|---|---|---|---|---|---|')
-    for size in args.sizes.split(','):
-        for short in args.models.split(','):
-            config_name, fast, _ = MODELS[short]
-            if short == 'tps' and size == 'small':
-                continue  # TPS runs only 16 frame tokens: no small row (nor in the baseline)
-            overrides = {**BASELINE_STEP, **size_overrides(config_name, size), **fast}
-            config = vtx_config.load(config_name, overrides)
-            rates = benchmark.host_rates()
-            xla_rate = rates['peak']['flops_per_sec'] / 1e9
-            torch_rate = rates['torch_peak'] and rates['torch_peak']['flops_per_sec'] / 1e9
-            for mode in report.MODES:
-                r = benchmark.benchmark(config, 1, mode, 1, STEPS[size], rates['peak'])
-                ref = official.get((short, size, MODE_NAMES[mode]))
-                row = {'model': short, 'config': config_name, 'size': size, 'mode': mode,
-                       'overrides': fast, 'vtx_median_s': r['step_s_median'],
-                       'vtx_min_s': r['step_s_min'], 'official_median_s': ref and ref[0],
-                       'official_min_s': ref and ref[1],
-                       'speedup': ref and ref[0] / r['step_s_median'],
-                       'speedup_at_equal_matmul': (ref and torch_then and torch_rate and
-                                                   ref[0] * torch_then / torch_rate
-                                                   / r['step_s_median']),
-                       'gmacs_per_step': r['macs_per_step'] / 1e9, 'mfu': r['mfu'],
-                       'peak_memory_bytes_xla': r['peak_memory_bytes_xla'], 'host': r['host'],
-                       'xla_matmul_gflops': xla_rate, 'torch_matmul_gflops': torch_rate,
-                       'compile_s': r['compile_s']}
-                if args.json:
-                    print(json.dumps(row), flush=True)
-                    continue
-                print(f"| {config_name}{' ' + str(fast) if fast else ''} | {size} | "
-                      f"{MODE_NAMES[mode]} | "
-                      + (f'{ref[0]:.3f} ({ref[1]:.3f}) | ' if ref else '– | ')
-                      + f"{r['step_s_median']:.3f} ({r['step_s_min']:.3f}) | "
-                      + (f"{row['speedup']:.2f} | " if ref else '– | ')
-                      + (f"{row['speedup_at_equal_matmul']:.2f} | "
-                         if row['speedup_at_equal_matmul'] else '– | ')
-                      + f"{row['gmacs_per_step']:.2f} | {100 * r['mfu']:.0f}% | "
-                      f"{r['peak_memory_bytes_xla'] / 2**30:.1f} GiB | {xla_rate:.0f} / "
-                      + (f'{torch_rate:.0f} |' if torch_rate else '– |'), flush=True)
+        print('| model | size | mode | round | official median (min) s | vtx median (min) s | '
+              'speed-up | speed-up at equal matmul | vtx GMACs/step | vtx MFU | vtx XLA peak | '
+              'XLA / torch matmul GFLOP/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|')
+    rounds = {}   # (size, model, mode) -> that model's row of each round
+    for round_ in range(1, args.rounds + 1):
+        for size in args.sizes.split(','):
+            for short in args.models.split(','):
+                config_name, fast, _ = MODELS[short]
+                if short == 'tps' and size == 'small':
+                    continue  # TPS runs only 16 frame tokens: no small row (nor in the baseline)
+                overrides = {**BASELINE_STEP, **size_overrides(config_name, size), **fast}
+                config = vtx_config.load(config_name, overrides)
+                rates = benchmark.host_rates()
+                xla_rate = rates['peak']['flops_per_sec'] / 1e9
+                torch_rate = rates['torch_peak'] and rates['torch_peak']['flops_per_sec'] / 1e9
+                for mode in report.MODES:
+                    r = benchmark.benchmark(config, 1, mode, 1, STEPS[size], rates['peak'])
+                    row = {'model': short, 'config': config_name, 'size': size, 'mode': mode,
+                           'overrides': fast, 'round': round_,
+                           **comparison_row(r['step_s_all'],
+                                            official.get((short, size, MODE_NAMES[mode])),
+                                            torch_then, xla_rate, torch_rate,
+                                            r['macs_per_step']),
+                           'peak_memory_bytes_xla': r['peak_memory_bytes_xla'],
+                           'host': r['host'], 'compile_s': r['compile_s']}
+                    rounds.setdefault((size, short, mode), []).append(row)
+                    emit(row)
+    if args.rounds > 1:
+        for (size, short, mode), rows in rounds.items():
+            emit(pooled_row(rows, official.get((short, size, MODE_NAMES[mode])), torch_then))
 
 
 if __name__ == '__main__':

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from conftest import SHARED
 from tests.test_report import REPO, TINY, analytic_vit, tiny_config
 from vtx import benchmark
 from vtx.errors import VtxError
@@ -198,3 +199,31 @@ def test_a_second_process_loads_what_the_first_compiled(tmp_path):
     assert again == folder and int(hits) >= 1   # the product, and jnp.ones's own little program
     env['JAX_COMPILATION_CACHE_DIR'] = str(tmp_path / 'users')
     assert run(env) == [str(tmp_path / 'users'), '0']
+
+
+def test_cpu_vs_official_pools_the_rounds_as_the_baseline():
+    """scripts/cpu_vs_official.py reads the baseline's table and, as the baseline pooled its two
+    rounds, reports one row over every round's step times, beside each round's."""
+    from scripts import cpu_vs_official
+    path = os.path.join(SHARED, 'perf', 'official_cpu_baseline.md')
+    official = cpu_vs_official.official_times(path)
+    torch_then = cpu_vs_official.baseline_torch_peak(path)
+    assert {(m, 'full', mode) for m in cpu_vs_official.MODELS for mode in ('eval', 'train')} \
+        <= set(official)
+    assert all(median >= minimum > 0 for median, minimum in official.values()) and torch_then > 0
+    ref = official[('mvit', 'full', 'eval')]
+    rounds = [{'model': 'mvit', 'config': 'c', 'size': 'full', 'mode': 'forward',
+               'overrides': {}, 'host': {}, 'round': i + 1, 'compile_s': 4.0,
+               'peak_memory_bytes_xla': 1,
+               **cpu_vs_official.comparison_row(times, ref, torch_then, xla, torch, 5e9)}
+              for i, (times, xla, torch) in enumerate([([1.0, 3.0, 2.0], 200.0, 150.0),
+                                                       ([0.5, 0.9, 2.5], 100.0, None)])]
+    assert rounds[0]['vtx_median_s'] == 2.0 and rounds[0]['mfu'] == pytest.approx(1e10 / 2 / 2e11)
+    assert rounds[0]['speedup_at_equal_matmul'] == pytest.approx(ref[0] * torch_then / 150 / 2)
+    pooled = cpu_vs_official.pooled_row(rounds, ref, torch_then)
+    assert pooled['round'] == 'pooled' and pooled['round_medians_s'] == [2.0, 0.9]
+    assert pooled['vtx_median_s'] == 1.5 and pooled['vtx_min_s'] == 0.5   # median of all six
+    assert pooled['speedup'] == pytest.approx(ref[0] / 1.5)
+    assert pooled['xla_matmul_gflops'] == 150.0 and pooled['torch_matmul_gflops'] is None
+    assert pooled['speedup_at_equal_matmul'] is None   # a round without torch's rate
+    assert '| pooled |' in cpu_vs_official.markdown_row(pooled)

@@ -169,12 +169,13 @@ def test_which_attention_runs_in_chunks():
 def test_which_eval_attention_runs_in_query_rows():
     """The measured rule (see `_query_rows`): MViT's pooled attention, whole in `_chunk_plan`
     because one head's scores exceed a chunk, runs its eval in query rows from the same threshold
-    (MViT-B 16x224 blocks 0 and 1-2), in 10 chunks of about CHUNK_BYTES; smaller scores,
-    attention that `_chunk_plan` loops over and anything under `unchunked` do not."""
+    (MViT-B 16x224 blocks 0-3), in chunks of about CHUNK_BYTES; smaller scores, attention that
+    `_chunk_plan` loops over and anything under `unchunked` do not."""
     assert attention_kernel._chunk_plan((1, 1, 25089, 393)) is None
     assert attention_kernel._query_rows((1, 1, 25089, 393)) == 2509      # MViT-B block 0, 39 MB
-    assert attention_kernel._query_rows((1, 2, 6273, 393)) == 1255       # blocks 1-2, 20 MB
-    assert attention_kernel._query_rows((1, 4, 1569, 393)) is None       # blocks 3-4, 10 MB
+    assert attention_kernel._query_rows((1, 2, 6273, 1569)) == 331       # block 1, 79 MB
+    assert attention_kernel._query_rows((1, 2, 6273, 393)) == 1255       # block 2, 20 MB
+    assert attention_kernel._query_rows((1, 4, 1569, 393)) is None       # blocks 4-13, 10 MB
     assert attention_kernel._query_rows((1, 2, 64, 3, 392, 392)) is None  # Swin-T, `_chunk_plan`
     with attention_kernel.unchunked():
         assert attention_kernel._query_rows((1, 1, 25089, 393)) is None
