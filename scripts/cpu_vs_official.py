@@ -100,15 +100,14 @@ def pooled_row(rows, official, torch_then):
     matmul rates are the rounds' medians, each round's median is kept."""
     rate = lambda key: (statistics.median(r[key] for r in rows)
                         if all(r[key] for r in rows) else None)
-    row = {**{k: rows[0][k] for k in ('model', 'config', 'size', 'mode', 'overrides', 'host')},
-           'round': 'pooled',
-           **comparison_row([t for r in rows for t in r['vtx_times_s']], official, torch_then,
-                            rate('xla_matmul_gflops'), rate('torch_matmul_gflops'),
-                            rows[0]['gmacs_per_step'] * 1e9),
-           'round_medians_s': [r['vtx_median_s'] for r in rows],
-           'compile_s': [r['compile_s'] for r in rows]}
-    row['peak_memory_bytes_xla'] = rows[0]['peak_memory_bytes_xla']
-    return row
+    return {**{k: rows[0][k] for k in ('model', 'config', 'size', 'mode', 'overrides', 'host')},
+            'round': 'pooled',
+            **comparison_row([t for r in rows for t in r['vtx_times_s']], official, torch_then,
+                             rate('xla_matmul_gflops'), rate('torch_matmul_gflops'),
+                             rows[0]['gmacs_per_step'] * 1e9),
+            'round_medians_s': [r['vtx_median_s'] for r in rows],
+            'peak_memory_bytes_xla': rows[0]['peak_memory_bytes_xla'],
+            'compile_s': [r['compile_s'] for r in rows]}
 
 
 def markdown_row(row) -> str:
