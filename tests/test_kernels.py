@@ -181,7 +181,7 @@ def test_which_eval_attention_runs_in_query_rows():
         assert attention_kernel._query_rows((1, 1, 25089, 393)) is None
 
 
-@pytest.mark.parametrize('length', [12, 13])   # whole chunks of rows; the last one padded
+@pytest.mark.parametrize('length', [12, 13])   # whole chunks of rows; a shorter one after
 def test_eval_in_query_rows_equals_the_forward_the_train_step_runs(monkeypatch, length):
     """Eval of attention forced into chunks of 3 query rows equals the VJP's forward, which runs
     whole and keeps the weights, up to float32 rounding (XLA:CPU compiles the products of a chunk

@@ -265,15 +265,18 @@ def _query_rows(scores_shape):
 
 def _context_by_rows(q, k, v, rows: int):
     """The context of `_heads_first_attention(q, k, v, None)` computed as a loop over chunks of
-    `rows` query rows (the queries padded to a whole number of chunks); each row's softmax and
-    products are the same as whole."""
-    n = q.shape[-2]
-    count = -(-n // rows)
-    padded = jnp.pad(q, [(0, 0)] * (q.ndim - 2) + [(0, count * rows - n), (0, 0)])
-    chunks = jnp.moveaxis(padded.reshape(*q.shape[:-2], count, rows, q.shape[-1]), -3, 0)
+    `rows` query rows, the rows left over as one shorter chunk after it (not padded: padding
+    would add work, and MACs to the model's count); each row's softmax and products are the same
+    as whole."""
+    n, d = q.shape[-2:]
+    whole = n // rows * rows
+    chunks = jnp.moveaxis(q[..., :whole, :].reshape(*q.shape[:-2], n // rows, rows, d), -3, 0)
     context = jax.lax.map(lambda chunk: _heads_first_attention(chunk, k, v, None)[0], chunks)
-    context = jnp.moveaxis(context, 0, -3)
-    return context.reshape(*context.shape[:-3], count * rows, q.shape[-1])[..., :n, :]
+    context = jnp.moveaxis(context, 0, -3).reshape(*q.shape[:-2], whole, d)
+    if whole == n:
+        return context
+    rest = _heads_first_attention(q[..., whole:, :], k, v, None)[0]
+    return jnp.concatenate([context, rest], axis=-2)
 
 
 def _chunk_count(scores_shape, plan):
