@@ -247,9 +247,9 @@ def _query_rows(scores_shape):
     None where attention runs in a `_chunk_plan` loop or whole anyway.
 
     MViT-B 16x224 eval on 2 cores of an AMD EPYC, both compiled in one process and alternated 16
-    times, twice (docs/performance.md, 2026-12-05; XLA's / torch's 2048^2 matmul 206-217 /
-    150-195 GFLOP/s): 1.032 -> 0.867 and 1.028 -> 0.877 s median (0.899 -> 0.854 and 0.887 ->
-    0.850 s min); STTS-MViT's eval was unchanged (0.477 s min both ways). Only eval, which drops
+    times, twice (docs/performance.md, 2026-12-05; XLA's / torch's 2048^2 matmul 197-218 /
+    173-199 GFLOP/s): 1.077 -> 0.907 and 1.060 -> 0.884 s median (0.905 -> 0.873 and 0.886 ->
+    0.857 s min); STTS-MViT's eval was unchanged (0.482 -> 0.481 s min). Only eval, which drops
     the weights, runs so: the train step keeps the whole weights for its backward, and a forward
     that wrote them chunk by chunk made STTS-MViT's train step slower (1.877 -> 1.945 s min)."""
     if (_whole or jax.default_backend() != 'cpu'
