@@ -211,7 +211,7 @@ def test_long_sequences_in_chunks_run_their_products_d_major():
     dO v^T) from d-major copies, behind an optimization barrier; ViT's 197 tokens in chunks, MViT's
     pooled attention (whole) and anything under `unchunked` keep the plain products."""
     def barriers(q_shape, k_shape):
-        q, k = jax.ShapeDtypeStruct(q_shape, jnp.float32), jax.ShapeDtypeStruct(k_shape, jnp.float32)
+        q, k = (jax.ShapeDtypeStruct(shape, jnp.float32) for shape in (q_shape, k_shape))
         train = jax.jit(lambda q, k: jax.grad(lambda q: attention(q, k, k, None, None).sum())(q))
         return train.lower(q, k).as_text().count('optimization_barrier')
     swin = ((1, 2, 64, 392, 3, 32),) * 2                # Video Swin-T stage 1

@@ -218,6 +218,16 @@ def _long(scores_shape) -> bool:
     return math.prod(scores_shape[-2:]) * 4 > LONG_HEAD_SCORES
 
 
+def _over_threshold(scores_shape) -> bool:
+    """Whether attention with these heads-first scores is large enough to run in chunks on this
+    backend: on CPU, outside `unchunked`, with fixed sizes, over LONG_CHUNK_ABOVE of scores for
+    long sequences (`_long`) and CHUNK_ABOVE for the others."""
+    if (_whole or jax.default_backend() != 'cpu'
+            or not all(isinstance(n, int) for n in scores_shape)):   # symbolic (exported) batch
+        return False
+    return math.prod(scores_shape) * 4 > (LONG_CHUNK_ABOVE if _long(scores_shape) else CHUNK_ABOVE)
+
+
 def _chunk_plan(scores_shape):
     """(axis, size): attention whose heads-first scores have `scores_shape` ([..., heads, q, k])
     runs in chunks of `size` along `axis` (a leading axis or the heads), each with all of the later
@@ -225,10 +235,7 @@ def _chunk_plan(scores_shape):
     are small, the backend is not a CPU or a size is symbolic. Decided when tracing, by the
     default backend: a fixed-batch artefact exported on a CPU host for a GPU keeps the loop (the
     same results, run in sequence)."""
-    if (_whole or jax.default_backend() != 'cpu'
-            or not all(isinstance(n, int) for n in scores_shape)):   # symbolic (exported) batch
-        return None
-    if math.prod(scores_shape) * 4 <= (LONG_CHUNK_ABOVE if _long(scores_shape) else CHUNK_ABOVE):
+    if not _over_threshold(scores_shape):
         return None
     for axis in range(len(scores_shape) - 2):   # the outermost axis whose slices fit a chunk
         per_slice = math.prod(scores_shape[axis + 1:]) * 4
@@ -242,7 +249,7 @@ def _chunk_plan(scores_shape):
 def _query_rows(scores_shape):
     """Query rows per chunk for attention that runs whole (`_chunk_plan` None) although its scores
     exceed the threshold, because one head's do not fit a chunk: MViT's pooled attention (MViT-B
-    16x224, block 0: 25089 queries against 393 keys, 39 MB of scores). Its eval then runs in even
+    16x224, block 0: 25089 queries against 393 keys, 39 MB of scores). Its eval then runs in
     chunks of query rows, each with every key, about CHUNK_BYTES of scores (`_context_by_rows`).
     None where attention runs in a `_chunk_plan` loop or whole anyway.
 
@@ -252,14 +259,9 @@ def _query_rows(scores_shape):
     0.857 s min); STTS-MViT's eval was unchanged (0.482 -> 0.481 s min). Only eval, which drops
     the weights, runs so: the train step keeps the whole weights for its backward, and a forward
     that wrote them chunk by chunk made STTS-MViT's train step slower (1.877 -> 1.945 s min)."""
-    if (_whole or jax.default_backend() != 'cpu'
-            or not all(isinstance(n, int) for n in scores_shape)
-            or _chunk_plan(scores_shape) is not None):
+    if not _over_threshold(scores_shape) or _chunk_plan(scores_shape) is not None:
         return None
-    total = math.prod(scores_shape) * 4
-    if total <= (LONG_CHUNK_ABOVE if _long(scores_shape) else CHUNK_ABOVE):
-        return None
-    count = -(-total // CHUNK_BYTES)
+    count = -(-math.prod(scores_shape) * 4 // CHUNK_BYTES)
     return -(-scores_shape[-2] // count)
 
 
