@@ -107,6 +107,21 @@ def run_case(case_dir: str) -> dict:
             'max_rel_err': rel_err, 'atol': tol['atol'], 'rtol': tol['rtol'], 'passed': passed}
 
 
+def parity_row(case_dir: str) -> dict:
+    """`run_case`, or a failed row naming the error: the device gets one run, so a case that
+    cannot run (a jax or flax release that breaks it, say) must not keep the others from running."""
+    try:
+        return run_case(case_dir)
+    except Exception as e:
+        try:
+            with open(os.path.join(case_dir, 'case.json')) as f:
+                family = json.load(f)['family']
+        except (OSError, ValueError, KeyError):
+            family = '?'
+        return {'case': os.path.basename(case_dir), 'family': family, 'passed': False,
+                'error': f'{type(e).__name__}: {e}'.splitlines()[0]}
+
+
 def applicable(name: str, overrides: dict) -> dict:
     """The `overrides` whose field the config of `name` has (a fast path a family lacks is off)."""
     config = vtx_config.get(name)
@@ -139,7 +154,8 @@ def markdown(result: dict) -> str:
              f"peak {result['peak']['flops_per_sec'] / 1e12:.1f} TFLOP/s "
              f"({result['peak']['size']}^2).", '',
              '| parity case | family | max abs err | atol | passed |', '|---|---|---|---|---|']
-    lines += [f"| {r['case']} | {r['family']} | {r['max_abs_err']:.2e} | {r['atol']:.0e} | "
+    lines += [f"| {r['case']} | {r['family']} | error: {r['error'][:80]} | | NO |" if 'error' in r
+              else f"| {r['case']} | {r['family']} | {r['max_abs_err']:.2e} | {r['atol']:.0e} | "
               f"{'yes' if r['passed'] else 'NO'} |" for r in result['parity']]
     # The device's counter is the process's peak so far (the runtime offers no reset), so it
     # bounds a run from above; XLA's figure is the run's own compiled program.
@@ -175,7 +191,7 @@ def check(cases: str, out: str, smoke: bool, batch: int, steps: int, budget_s: f
               'parity': [], 'speed': []}
     for name in sorted(os.listdir(cases)):
         if os.path.isfile(os.path.join(cases, name, 'case.json')):
-            result['parity'].append(run_case(os.path.join(cases, name)))
+            result['parity'].append(parity_row(os.path.join(cases, name)))
     write(result, out)
     for name, run, overrides in speed_runs(smoke):
         if time.perf_counter() - start > budget_s:

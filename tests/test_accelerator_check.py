@@ -59,3 +59,17 @@ def test_memory_table_row_for_a_tiny_config():
                                     'bytes_per_device': 30 * 2 ** 30}])
     assert table.splitlines()[2:] == ['| demo | 2 | no | replicated over 1 | 0.0 | 16, 24, 40, 80 |',
                                       '| big | 8 | yes | fsdp over 8 | 30.0 | 40, 80 |']
+
+
+def test_a_case_that_cannot_run_is_a_failed_row_not_the_end_of_the_check(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, 'scripts'))
+    import accelerator_check
+    case = tmp_path / 'broken_case'
+    case.mkdir()
+    (case / 'case.json').write_text(json.dumps({'family': 'video_swin', 'model': {}}))
+    row = accelerator_check.parity_row(str(case))
+    assert row['case'] == 'broken_case' and row['family'] == 'video_swin'
+    assert not row['passed'] and 'params.npz' in row['error'], row
+    assert '| broken_case | video_swin | error: ' in accelerator_check.markdown(
+        {'device': 'cpu', 'devices': 1, 'jax': '0', 'peak': {'flops_per_sec': 1e12, 'size': 64},
+         'parity': [row], 'speed': []})
