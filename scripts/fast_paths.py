@@ -19,6 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from vtx import benchmark, cli, report  # noqa: E402
+from vtx import xla_flags  # noqa: E402
 from vtx import config as vtx_config  # noqa: E402
 from vtx.models import IMPLEMENTATION_FIELDS  # noqa: E402
 
@@ -124,4 +125,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    xla_flags.restart_with_huge_pages()   # as vtx's commands do
     main()

@@ -19,6 +19,7 @@ sys.path.insert(0, REPO)
 from scripts.stts_gmacs import compiled_forward, seconds_per_view, xla_gmacs  # noqa: E402
 from vtx import config as vtx_config  # noqa: E402
 from vtx.benchmark import format_rates, host_rates  # noqa: E402
+from vtx import xla_flags  # noqa: E402
 
 
 def main(argv=None):
@@ -49,4 +50,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    xla_flags.restart_with_huge_pages()   # as vtx's commands do
     main()
