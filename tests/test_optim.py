@@ -1,5 +1,6 @@
 """vtx.optim's gradient clipping is torch.nn.utils.clip_grad_norm_, the official recipes' clip,
-and its global norm compiles to one reduction over the leaves' sums instead of a chain of adds."""
+and its global norm compiles to one reduction over the leaves' sums instead of a chain of adds,
+with the small leaves squared and summed together."""
 import jax
 import numpy as np
 import pytest
@@ -34,3 +35,11 @@ def test_global_norm_sums_the_leaves_at_once():
     tree = [np.ones((3,), np.float32)] * 40
     assert primitive_sites(jax.make_jaxpr(optim.global_norm)(tree), 'add') == 0
     np.testing.assert_allclose(optim.global_norm(tree), np.sqrt(120), rtol=1e-6)
+
+
+def test_global_norm_sums_the_small_leaves_as_one_vector():
+    # 40 small leaves and 2 large ones: one sum of the small ones, one per large leaf, one total.
+    large = optim.GLOBAL_NORM_CONCAT_BELOW
+    tree = [np.ones((3,), np.float32)] * 40 + [np.full((large,), 2.0, np.float32)] * 2
+    assert primitive_sites(jax.make_jaxpr(optim.global_norm)(tree), 'reduce_sum') == 4
+    np.testing.assert_allclose(optim.global_norm(tree), np.sqrt(120 + 2 * 4 * large), rtol=1e-6)
