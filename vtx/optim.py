@@ -80,8 +80,9 @@ def global_norm(tree):
     count. So the small leaves, most leaves by count, are squared and summed as one vector, and
     each large leaf on its own (copying those would add a pass over memory to every step). For
     STTS-MViT's 333 leaves the norm compiles to 68 kernels instead of 862, and its AdamW update
-    with clipping alone in 2.7 s of XLA instead of 3.9-4.7 s (docs/performance.md, "Compile
-    time"). The partial sums are stacked and summed once: summed in Python, as optax's norm does,
+    with clipping alone in 2.7 s of XLA instead of 3.9-4.7 s; in whole train steps the saving
+    was within this host's spread of compile times (docs/performance.md, "Compile time,
+    2026-12-06"). The partial sums are stacked and summed once: summed in Python, as optax's norm does,
     they would be a chain of one scalar add per leaf."""
     leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
     small = [x.ravel() for x in leaves if x.size < GLOBAL_NORM_CONCAT_BELOW]
