@@ -82,8 +82,8 @@ def global_norm(tree):
     STTS-MViT's 333 leaves the norm compiles to 68 kernels instead of 862, and its AdamW update
     with clipping alone in 2.7 s of XLA instead of 3.9-4.7 s; in whole train steps the saving
     was within this host's spread of compile times (docs/performance.md, "Compile time,
-    2026-12-06"). The partial sums are stacked and summed once: summed in Python, as optax's norm does,
-    they would be a chain of one scalar add per leaf."""
+    2026-12-06"). The partial sums are stacked and summed once: summed in Python, as optax's norm
+    does, they would be a chain of one scalar add per leaf."""
     leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
     small = [x.ravel() for x in leaves if x.size < GLOBAL_NORM_CONCAT_BELOW]
     squares = [jnp.sum(jnp.square(x)) for x in leaves if x.size >= GLOBAL_NORM_CONCAT_BELOW]
