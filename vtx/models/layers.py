@@ -68,8 +68,29 @@ def gelu(x):
     return 0.5 * x * (1 + erf(x * jnp.sqrt(0.5).astype(x.dtype)))
 
 
-def layer_norm(eps: float, dtype: Dtype = jnp.float32, name: Optional[str] = None) -> nn.LayerNorm:
-    return nn.LayerNorm(
+class LayerNorm(nn.LayerNorm):
+    """`nn.LayerNorm` over the last axis that flattens rows carrying a size-1 axis to [rows,
+    channels] first: the result is the same, row by row.
+
+    The flattening is for XLA:CPU, whose YNNPACK kernels ran the backward's fused multiply-and-sum
+    over channels 10-30x more slowly when a size-1 axis, as batch 1 gives, led the rows (2 cores of
+    an Intel Xeon with AVX-512, jaxlib 0.10.2; the gradient of one LayerNorm: [1, 50176, 96] 79 ->
+    18 ms, [1, 1576, 768] 21 -> 2.8 ms; docs/performance.md, "LayerNorm rows"). Rows without one
+    are left as they are: they ran at full speed, and the flattening made XLA's simplifier work
+    longer (STTS-MViT's train step compiled about 2 s longer)."""
+
+    def __call__(self, x, *args, **kwargs):
+        if x.ndim < 3 or 1 not in x.shape[:-1]:
+            return super().__call__(x, *args, **kwargs)
+        rows = x.reshape(-1, x.shape[-1])
+        return super().__call__(rows, *args, **kwargs).reshape(*x.shape[:-1], -1)
+
+
+def layer_norm(eps: float, dtype: Dtype = jnp.float32, name: Optional[str] = None,
+               flatten_rows: bool = True) -> nn.LayerNorm:
+    """LayerNorm over the last axis with the logical axis names of its scale and bias;
+    `flatten_rows=False`: plain `nn.LayerNorm` (see `LayerNorm`)."""
+    return (LayerNorm if flatten_rows else nn.LayerNorm)(
         epsilon=eps, dtype=dtype, name=name,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('norm',)),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('norm',)))
