@@ -354,26 +354,31 @@ def test_gelu_is_the_exact_erf_form_in_value_and_gradient():
 
 
 @pytest.mark.parametrize('shape', [(1, 3, 4, 8), (1, 6, 8), (2, 3, 8), (5, 8)])
-def test_layer_norm_equals_flax_layer_norm_in_value_gradient_and_parameters(shape):
-    """vtx's LayerNorm flattens rows that carry a size-1 axis ((1, ...) here) and leaves the
-    others; either way it is `nn.LayerNorm`: the same parameters, outputs and gradients."""
-    from vtx.models.layers import layer_norm
+@pytest.mark.parametrize('kind', ['layer_norm', 'dense'])
+def test_row_modules_equal_flax_in_value_gradient_and_parameters(kind, shape):
+    """vtx's LayerNorm flattens rows that carry a size-1 axis ((1, ...) here) and its Dense all
+    rows of inputs with leading axes; either way each is its flax module: the same parameters,
+    outputs and gradients."""
+    from vtx.models.layers import dense, layer_norm
+    ours, theirs, flattens = {
+        'layer_norm': (layer_norm(1e-5), nn.LayerNorm(epsilon=1e-5),
+                       len(shape) > 2 and shape[0] == 1),
+        'dense': (dense(6, (None, None)), nn.Dense(6), len(shape) > 2)}[kind]
     x = jax.random.normal(jax.random.PRNGKey(0), shape) * 3 + 1
-    ours, flax_norm = layer_norm(1e-5), nn.LayerNorm(epsilon=1e-5)
     params = ours.init(jax.random.PRNGKey(1), x)
     assert jax.tree.map(jnp.shape, nn.unbox(params)) == jax.tree.map(
-        jnp.shape, flax_norm.init(jax.random.PRNGKey(1), x))
+        jnp.shape, theirs.init(jax.random.PRNGKey(1), x))
     params = jax.tree.map(lambda p: p + jax.random.uniform(jax.random.PRNGKey(2), p.shape),
                           nn.unbox(params))
-    weights = jax.random.normal(jax.random.PRNGKey(3), shape)
+    weights = jax.random.normal(jax.random.PRNGKey(3), theirs.apply(params, x).shape)
 
     def loss(module, params, x):
         return (module.apply(params, x) * weights).sum()
 
-    np.testing.assert_allclose(ours.apply(params, x), flax_norm.apply(params, x), atol=1e-6)
+    np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), atol=1e-5)
     for ours_grad, flax_grad in zip(jax.tree.leaves(jax.grad(loss, (1, 2))(ours, params, x)),
-                                    jax.tree.leaves(jax.grad(loss, (1, 2))(flax_norm, params, x))):
+                                    jax.tree.leaves(jax.grad(loss, (1, 2))(theirs, params, x))):
         np.testing.assert_allclose(ours_grad, flax_grad, atol=1e-5)
     jaxpr = str(jax.make_jaxpr(lambda x: ours.apply(params, x))(x))
     flattened = f'new_sizes=({int(np.prod(shape[:-1]))}, {shape[-1]})'
-    assert (flattened in jaxpr) == (len(shape) > 2 and shape[0] == 1), jaxpr
+    assert (flattened in jaxpr) == flattens, jaxpr

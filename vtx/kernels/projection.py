@@ -7,12 +7,14 @@ def dense_projections(x, kernels, biases, *, fused: bool = False):
 
     `fused` computes them as one matmul against the kernels stacked on a new axis before the output
     features, so a kernel sharded over its output features stays sharded the same way. The
-    kernels are stacked at every call: the parameters keep their unfused layout.
+    kernels are stacked at every call: the parameters keep their unfused layout. The products run
+    over x's rows flattened to [rows, D], for the backward's sake (see `vtx.models.layers.Dense`).
     """
+    lead, x = x.shape[:-1], x.reshape(-1, x.shape[-1])   # rows, as `layers.Dense` does
     if not fused:
-        return tuple(jnp.einsum('...d,de->...e', x, k) + (0 if b is None else b)
+        return tuple((x @ k + (0 if b is None else b)).reshape(*lead, -1)
                      for k, b in zip(kernels, biases))
-    out = jnp.einsum('...d,dpe->...pe', x, jnp.stack(kernels, 1))
+    out = jnp.einsum('rd,dpe->rpe', x, jnp.stack(kernels, 1))
     if biases[0] is not None:
         out = out + jnp.stack(biases)
-    return tuple(out[..., i, :] for i in range(len(kernels)))
+    return tuple(out[:, i, :].reshape(*lead, -1) for i in range(len(kernels)))
