@@ -53,6 +53,35 @@ def test_attention_is_the_textbook_formula():
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('lead', [(1, 3), (2, 3), (3,)])
+def test_whole_attention_folds_unit_leading_axes_and_equals_the_formula(lead):
+    """Whole attention without bias or mask folds its heads-first leading axes into one where one
+    of several is 1 (batch 1); folded or not, output and gradients equal autodiff of the
+    formula, in the caller's shapes."""
+    rng = np.random.default_rng(8)
+    n, m, heads, hd = 6, 4, 2, 4
+    q = jnp.asarray(rng.normal(size=(*lead, n, heads, hd)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(*lead, m, heads, hd)), jnp.float32) for _ in range(2))
+    cotangent = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+
+    def formula(q, k, v):
+        s = jnp.einsum('...qhd,...khd->...hqk', q, k) / np.sqrt(hd)
+        return jnp.einsum('...hqk,...khd->...qhd', jax.nn.softmax(s, axis=-1), v)
+
+    def trained(q, k, v):
+        out, pullback = jax.vjp(lambda *a: attention(*a, None, None), q, k, v)
+        return out, pullback(cotangent)
+
+    out, grads = trained(q, k, v)
+    ref_out, ref_pullback = jax.vjp(formula, q, k, v)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-6)
+    for grad, ref in zip(grads, ref_pullback(cotangent)):
+        assert grad.shape == ref.shape
+        np.testing.assert_allclose(grad, ref, rtol=1e-4, atol=1e-5)
+    folded = f'new_sizes=({int(np.prod(lead)) * heads}, {n}, {hd})'
+    assert (folded in str(jax.make_jaxpr(trained)(q, k, v))) == (lead == (1, 3))
+
+
 @pytest.mark.parametrize('chunk_bytes,plan', [
     (2 * 6 * 2 * 5 * 5 * 4, (1, 2)),   # pairs of frames (all their windows and heads)
     (2 * 2 * 5 * 5 * 4, (2, 2)),       # pairs of windows

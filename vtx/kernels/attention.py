@@ -281,6 +281,19 @@ def _context_by_rows(q, k, v, rows: int):
     return jnp.concatenate([context, rest], axis=-2)
 
 
+def _folds(lead) -> bool:
+    """Whether whole attention without bias or mask folds the leading axes `lead` of its
+    heads-first operands into one, [batch, heads, n, d] -> [batch * heads, n, d]: where one of
+    several is 1, as batch 1 gives. XLA:CPU's YNNPACK fusions ran the backward's dS = P (dP -
+    rowsum(dO O)) with its product 3-6x below the matmul rate there (MViT-B's block 1, [1, 2, 6273,
+    1569] scores: 0.108 s for 3.8 GFLOP); folded, the attention's forward and backward at that
+    block took 192-199 ms instead of 219-230. Whole train steps on 2 cores of an Intel Xeon with
+    AVX-512, both compiled in one process and alternated 10 times, medians by position in a pair
+    (the second step of a pair ran slower for either): MViT-B 3.21 / 3.48 -> 3.14 / 3.18 s,
+    STTS-MViT 1.75 / 2.83 -> 1.71 / 2.70 s; evals level (docs/performance.md, "Attention's leading axes")."""
+    return len(lead) > 1 and 1 in lead
+
+
 def _chunk_count(scores_shape, plan):
     axis, size = plan
     return math.prod(scores_shape[:axis]) * (scores_shape[axis] // size)
@@ -384,8 +397,11 @@ def _attention_forward(inputs, bias, mask, keep_weights: bool = True):
                 else _query_rows(scores_shape))
         if rows is not None:
             return _swap_heads(_context_by_rows(q, k, v, rows)), None
+        lead = q.shape[:-2]
+        if bias is None and mask is None and _folds(lead):
+            q, k, v = (x.reshape(-1, *x.shape[-2:]) for x in (q, k, v))
         o, p = _heads_first_attention(q, k, v, _add(bias, additive_mask(mask)))
-        return _swap_heads(o), ((q, k, v), o, p, bias)
+        return _swap_heads(o.reshape(*lead, *o.shape[-2:])), ((q, k, v), o, p, bias)
     rank = len(scores_shape)
     bias_s = _at_scores_rank(bias, rank)
     mask_s = (mask.at_scores_rank(rank) if isinstance(mask, SegmentMask) else
@@ -431,10 +447,12 @@ def _attention_backward(residuals, do):
     do = do.astype(o.dtype)
     scores_shape = _scores_shape(do, p.shape[-1])
     plan = _chunk_plan(scores_shape)
-    if plan is None:   # inputs heads-first, as the forward kept them
-        dq, dk, dv, ds = _heads_first_backward(*inputs, o, p, _swap_heads(do))
+    if plan is None:   # inputs heads-first (leading axes folded where `_folds`), as kept
+        do = _swap_heads(do)
+        lead = do.shape[:-2]
+        dq, dk, dv, ds = _heads_first_backward(*inputs, o, p, do.reshape(o.shape))
         dbias = None if bias is None else _bias_gradient(ds, bias.shape, bias.dtype)
-        return (_swap_heads(dq), _swap_heads(dk), _swap_heads(dv)), dbias
+        return tuple(_swap_heads(g.reshape(*lead, *g.shape[-2:])) for g in (dq, dk, dv)), dbias
     # Each chunk's gradients are added into whole-size float32 sums: a bias shared by several
     # chunks (Swin's, by every window) sums over them; q, k and v get each chunk's once.
     bias_s = _at_scores_rank(bias, len(scores_shape))
