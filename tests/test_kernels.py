@@ -237,8 +237,9 @@ def test_eval_in_query_rows_equals_the_forward_the_train_step_runs(monkeypatch, 
 
 def test_long_sequences_in_chunks_run_their_products_d_major():
     """The measured rule (see `_over_head_dim`): Video Swin's 392-token windows run q k^T (and
-    dO v^T) from d-major copies, behind an optimization barrier; ViT's 197 tokens in chunks, MViT's
-    pooled attention (whole) and anything under `unchunked` keep the plain products."""
+    dO v^T) from d-major copies, behind an optimization barrier; MViT's pooled attention (whole)
+    runs its backward's dO v^T so; ViT's 197 tokens, in chunks or whole, and anything under
+    `unchunked` keep the plain products."""
     def barriers(q_shape, k_shape):
         q, k = (jax.ShapeDtypeStruct(shape, jnp.float32) for shape in (q_shape, k_shape))
         train = jax.jit(lambda q, k: jax.grad(lambda q: attention(q, k, k, None, None).sum())(q))
@@ -247,9 +248,12 @@ def test_long_sequences_in_chunks_run_their_products_d_major():
     assert barriers(*swin) == 2                         # forward and backward, once per chunk loop
     assert barriers((64, 197, 12, 64), (64, 197, 12, 64)) == 0                 # ViT, in chunks
     assert attention_kernel._chunk_plan((64, 12, 197, 197)) is not None
-    assert barriers((1, 25088, 1, 96), (1, 392, 1, 96)) == 0                    # MViT-B block 1
+    assert barriers((8, 197, 12, 64), (8, 197, 12, 64)) == 0                   # ViT, whole
+    assert attention_kernel._chunk_plan((8, 12, 197, 197)) is None
+    assert barriers((1, 25088, 1, 96), (1, 392, 1, 96)) == 1                    # MViT-B block 0
     with attention_kernel.unchunked():
         assert barriers(*swin) == 0
+        assert barriers((1, 25088, 1, 96), (1, 392, 1, 96)) == 0
 
 
 @pytest.mark.parametrize('shape,target', [

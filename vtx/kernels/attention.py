@@ -114,9 +114,12 @@ def _over_head_dim(a, b, dtype=None, d_major: bool = False):
     (docs/performance.md, 2026-12-05; XLA's / torch's 2048^2 matmul 213 / 155-197 and 217-218 /
     190-200 GFLOP/s in those runs): Swin-T eval 1.258 -> 1.235 s median (1.216 -> 1.172 s min),
     train step 4.425 -> 4.387 s.
-    Attention that runs whole (most of MViT's; STTS-MViT's train step got slower) and short
-    sequences (ViT's 197 tokens, TPS's 49) were no faster or slower that way and keep the plain
-    product."""
+    Short sequences (ViT's 197 tokens, TPS's 49) were no faster or slower that way and keep the
+    plain product. Long attention that runs whole (most of MViT's) runs d-major in its backward
+    only, on CPU outside `unchunked`: there on the AMD host d-major forward and backward made STTS-MViT's train step slower;
+    on 2 cores of an Intel Xeon with AVX-512, d-major in the backward alone took MViT-B's train
+    step from 3.251 to 3.125 s median, faster in every one of 10 alternated pairs, and left
+    STTS-MViT's level (docs/performance.md, "Attention's leading axes")."""
     if d_major:
         a, b = jax.lax.optimization_barrier((jnp.swapaxes(a, -1, -2), jnp.swapaxes(b, -1, -2)))
         return jnp.einsum('...dm,...dn->...mn', a, b, preferred_element_type=dtype)
@@ -450,7 +453,8 @@ def _attention_backward(residuals, do):
     if plan is None:   # inputs heads-first (leading axes folded where `_folds`), as kept
         do = _swap_heads(do)
         lead = do.shape[:-2]
-        dq, dk, dv, ds = _heads_first_backward(*inputs, o, p, do.reshape(o.shape))
+        d_major = _long(scores_shape) and not _whole and jax.default_backend() == 'cpu'
+        dq, dk, dv, ds = _heads_first_backward(*inputs, o, p, do.reshape(o.shape), d_major)
         dbias = None if bias is None else _bias_gradient(ds, bias.shape, bias.dtype)
         return tuple(_swap_heads(g.reshape(*lead, *g.shape[-2:])) for g in (dq, dk, dv)), dbias
     # Each chunk's gradients are added into whole-size float32 sums: a bias shared by several
