@@ -116,10 +116,11 @@ def _over_head_dim(a, b, dtype=None, d_major: bool = False):
     train step 4.425 -> 4.387 s.
     Short sequences (ViT's 197 tokens, TPS's 49) were no faster or slower that way and keep the
     plain product. Long attention that runs whole (most of MViT's) runs d-major in its backward
-    only, on CPU outside `unchunked`: there on the AMD host d-major forward and backward made STTS-MViT's train step slower;
-    on 2 cores of an Intel Xeon with AVX-512, d-major in the backward alone took MViT-B's train
-    step from 3.251 to 3.125 s median, faster in every one of 10 alternated pairs, and left
-    STTS-MViT's level (docs/performance.md, "Attention's leading axes")."""
+    only, on CPU outside `unchunked`: on the AMD host d-major forward and backward made
+    STTS-MViT's train step slower; on 2 cores of an Intel Xeon with AVX-512, d-major in the
+    backward alone took MViT-B's train step from 3.251 to 3.125 s median, faster in every one of
+    10 alternated pairs, and left STTS-MViT's level (docs/performance.md, "Attention's leading
+    axes")."""
     if d_major:
         a, b = jax.lax.optimization_barrier((jnp.swapaxes(a, -1, -2), jnp.swapaxes(b, -1, -2)))
         return jnp.einsum('...dm,...dn->...mn', a, b, preferred_element_type=dtype)
@@ -293,7 +294,8 @@ def _folds(lead) -> bool:
     block took 192-199 ms instead of 219-230. Whole train steps on 2 cores of an Intel Xeon with
     AVX-512, both compiled in one process and alternated 10 times, medians by position in a pair
     (the second step of a pair ran slower for either): MViT-B 3.21 / 3.48 -> 3.14 / 3.18 s,
-    STTS-MViT 1.75 / 2.83 -> 1.71 / 2.70 s; evals level (docs/performance.md, "Attention's leading axes")."""
+    STTS-MViT 1.75 / 2.83 -> 1.71 / 2.70 s; evals level (docs/performance.md, "Attention's
+    leading axes")."""
     return len(lead) > 1 and 1 in lead
 
 
