@@ -13,7 +13,7 @@ from vtx.errors import VtxError
 from vtx.kernels import attention as attention_kernel
 from vtx.kernels.attention import (attention, attention_with_weights, dot_product_attention,
                                    sum_to_shape)
-from vtx.kernels.pooling import _weight_gradient, shifted_sum_conv
+from vtx.kernels.pooling import _weight_gradient, max_pool, shifted_sum_conv
 from vtx.kernels.projection import dense_projections
 from vtx.kernels.top_k import hard_top_k, perturbed_top_k
 
@@ -310,6 +310,22 @@ def test_pooling_weight_gradient_against_float64(one_loop):
                                         for k, s, n in zip(offset, strides, out)))]
         expected = (window.astype(np.float64) * grad).reshape(-1, 6).sum(0)
         np.testing.assert_allclose(got[offset][0], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('kernel,strides', [((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (2, 2, 2)),
+                                            ((3, 3, 3), (1, 1, 1)), ((1, 3, 3), (1, 4, 4))])
+def test_max_pool_is_flax_max_pool_with_its_gradient_to_the_first_maximum(kernel, strides):
+    """Small integers make ties common: a gradient routed to another maximum of a window than
+    XLA's select_and_scatter (the first in scan order) would be off by whole cotangents."""
+    x = jnp.asarray(np.random.default_rng(6).integers(0, 4, size=(2, 5, 7, 8, 3)), jnp.float32)
+    padding = [(k // 2, k // 2) for k in kernel]
+    reference, reference_vjp = jax.vjp(
+        lambda a: nn.max_pool(a, kernel, strides=strides, padding=padding), x)
+    out, vjp = jax.vjp(lambda a: max_pool(a, kernel, strides, padding), x)
+    np.testing.assert_array_equal(out, reference)
+    grad = jnp.asarray(np.random.default_rng(7).normal(size=out.shape), jnp.float32)
+    # Not bitwise: where windows overlap, an input's gradients are summed in another order.
+    np.testing.assert_allclose(vjp(grad)[0], reference_vjp(grad)[0], rtol=1e-6, atol=1e-6)
 
 
 def test_shifted_sum_conv_refuses_a_dense_convolution():

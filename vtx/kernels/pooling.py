@@ -1,14 +1,14 @@
-"""MViT's pooling convolution as a shifted sum (`MViT.pool_implementation='shifted_sum'`).
+"""MViT's poolings as strided slices (`MViT.pool_implementation='shifted_sum'`): the pooling
+convolution as a shifted sum, and the skip connection's max pooling as a maximum of slices.
 
 XLA:CPU runs a grouped (depthwise) 3D convolution as a slow generic loop. The same convolution as
 a sum over the kernel offsets of strided slices times per-channel weights gives the same result
-up to float rounding and runs two orders of magnitude faster there.
+up to float rounding and runs two orders of magnitude faster there. It lowers max pooling's
+gradient (select_and_scatter) to a window reduction that tracks the argmax's index along every
+axis, then a scatter of the gradient to those indices: in STTS-MViT's train step 0.1 s of
+kernels. A maximum of slices routes its gradient by comparing each window with the maximum.
 
-Its backward is written by hand. Autodiff would transpose each strided slice into a pad to the
-full input size, so the input gradient would cost (kernel volume) x (input size) adds: 27 x 64
-times the output for MViT's [1, 8, 8]-strided key/value pooling. Split along each axis into
-stride-sized blocks, the input gradient is instead a stride-1 shifted sum of the output gradient
-per phase (position within a block), which costs (kernel volume) x (output size).
+Both backwards are written by hand and share `_transpose_windows`.
 """
 import functools
 
@@ -72,19 +72,75 @@ def _depthwise_fwd(lhs, rhs, strides, padding):
 
 def _depthwise_bwd(strides, padding, residuals, grad):
     padded, rhs = residuals
-    kernel, out = rhs.shape[:-2], grad.shape[1:-1]
+    d_lhs = _transpose_windows(((offset, grad * rhs[offset][0]) for offset in
+                                np.ndindex(*rhs.shape[:-2])),
+                               rhs.shape[:-2], strides, padding, padded.shape)
+    return d_lhs.astype(padded.dtype), _weight_gradient(padded, grad, rhs, strides)
+
+
+def max_pool(inputs, window_shape, strides, padding):
+    """`flax.linen.max_pool` of channels-last [N, *spatial, C] with explicit (low, high) padding,
+    as the maximum of the window's strided slices. Its gradient goes to the first maximum of each
+    window in scan order, as XLA's and PyTorch's max pooling route it.
+    """
+    return _max_pool(inputs, tuple(window_shape), tuple(strides),
+                     tuple(tuple(p) for p in padding))
+
+
+def _max_pool_forward(inputs, kernel, strides, padding):
+    padded = jnp.pad(inputs, [(0, 0), *padding, (0, 0)], constant_values=-jnp.inf)
+    out = [(n - k) // s + 1 for n, k, s in zip(padded.shape[1:-1], kernel, strides)]
+    windows = [window for _, window in _strided_windows(padded, kernel, strides, out)]
+    return functools.reduce(jnp.maximum, windows), padded
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(inputs, kernel, strides, padding):
+    return _max_pool_forward(inputs, kernel, strides, padding)[0]
+
+
+def _max_pool_fwd(inputs, kernel, strides, padding):
+    pooled, padded = _max_pool_forward(inputs, kernel, strides, padding)
+    return pooled, (padded, pooled)
+
+
+def _max_pool_bwd(kernel, strides, padding, residuals, grad):
+    padded, pooled = residuals
+    windows = list(_strided_windows(padded, kernel, strides, pooled.shape[1:-1]))
+    # The offset index of each output's first maximum: scanning backwards, the first one stays.
+    first = jnp.full(pooled.shape, len(windows), jnp.int32)
+    for index in reversed(range(len(windows))):
+        first = jnp.where(windows[index][1] == pooled, index, first)
+    zero = jnp.zeros((), grad.dtype)
+    d_inputs = _transpose_windows(((offset, jnp.where(first == index, grad, zero))
+                                   for index, (offset, _) in enumerate(windows)),
+                                  kernel, strides, padding, padded.shape)
+    return (d_inputs.astype(padded.dtype),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def _transpose_windows(contributions, kernel, strides, padding, padded_shape):
+    """The input gradient [N, *input, C] from `contributions`, (kernel offset, the gradient that
+    reaches that offset's strided window [N, *out, C]) for every offset in order: the transpose
+    of `_strided_windows` after the padding.
+
+    Autodiff would transpose each strided slice into a pad to the full input size, so the input
+    gradient would cost (kernel volume) x (input size) adds: 27 x 64 times the output for MViT's
+    [1, 8, 8]-strided key/value pooling. Split along each axis into stride-sized blocks, the input
+    gradient is instead a stride-1 shifted sum of the contributions per phase (position within a
+    block), which costs (kernel volume) x (output size).
+    """
     # Padded input position i = o * s + k holds block i // s and phase i % s. Offset k reaches
-    # phase k % s of block o + k // s, so per phase the gradient is grad shifted by k // s blocks.
+    # phase k % s of block o + k // s, so per phase its contribution lands k // s blocks on.
     shifts = [-(-k // s) for k, s in zip(kernel, strides)]  # distinct k // s per axis
-    blocks = [o + a - 1 for o, a in zip(out, shifts)]
     phases = [min(k, s) for k, s in zip(kernel, strides)]  # phases no offset reaches stay zero
-    grad_padded = jnp.pad(grad, [(0, 0), *((a - 1, a - 1) for a in shifts), (0, 0)])
-    by_phase = {}
-    for offset in np.ndindex(*kernel):
-        start = [a - 1 - k // s for a, k, s in zip(shifts, offset, strides)]
-        term = jax.lax.slice(grad_padded, (0, *start, 0),
-                             (grad.shape[0], *(b + m for b, m in zip(start, blocks)),
-                              grad.shape[-1])) * rhs[offset][0]
+    by_phase, blocks = {}, None
+    for offset, term in contributions:
+        blocks = [o + a - 1 for o, a in zip(term.shape[1:-1], shifts)]
+        term = jnp.pad(term, [(0, 0), *((k // s, a - 1 - k // s)
+                                        for k, s, a in zip(offset, strides, shifts)), (0, 0)])
         phase = tuple(k % s for k, s in zip(offset, strides))
         by_phase[phase] = term if phase not in by_phase else by_phase[phase] + term
     # [N, blocks, phases] per axis, phases innermost, then phases padded to the stride with zeros
@@ -92,14 +148,13 @@ def _depthwise_bwd(strides, padding, residuals, grad):
     stacked = jnp.pad(_stack_phases(by_phase, phases, ()),
                       [(0, 0), *(w for p, s in zip(phases, strides) for w in ((0, 0), (0, s - p))),
                        (0, 0)])
-    positions = stacked.reshape(grad.shape[0], *(b * s for b, s in zip(blocks, strides)),
-                                grad.shape[-1])
+    positions = stacked.reshape(stacked.shape[0], *(b * s for b, s in zip(blocks, strides)),
+                                stacked.shape[-1])
     # Back to the unpadded input: drop the low padding, cut or zero-fill the high end.
-    lhs_shape = [n - lo - hi for n, (lo, hi) in zip(padded.shape[1:-1], padding)]
-    d_lhs = jax.lax.pad(positions, jnp.zeros((), positions.dtype),
-                        [(0, 0, 0), *((-lo, n + lo - m, 0) for (lo, _), n, m in
-                                      zip(padding, lhs_shape, positions.shape[1:-1])), (0, 0, 0)])
-    return d_lhs.astype(padded.dtype), _weight_gradient(padded, grad, rhs, strides)
+    lhs_shape = [n - lo - hi for n, (lo, hi) in zip(padded_shape[1:-1], padding)]
+    return jax.lax.pad(positions, jnp.zeros((), positions.dtype),
+                       [(0, 0, 0), *((-lo, n + lo - m, 0) for (lo, _), n, m in
+                                     zip(padding, lhs_shape, positions.shape[1:-1])), (0, 0, 0)])
 
 
 def _weight_gradient(padded, grad, rhs, strides, one_loop=None):

@@ -24,7 +24,7 @@ import numpy as np
 
 from vtx.errors import VtxError
 from vtx.kernels.attention import dot_product_attention
-from vtx.kernels.pooling import shifted_sum_conv
+from vtx.kernels import pooling
 from vtx.models import layers
 from vtx.models.token_selection import (SpatialWindowSelection, TemporalSelection,
                                         top_k_sigma)
@@ -109,8 +109,8 @@ class MultiScaleAttention(nn.Module):
             padding=[(k // 2, k // 2) for k in kernel], feature_group_count=head_dim,
             use_bias=False, dtype=self.dtype, name=f'pool_{which}',
             kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None,) * 5),
-            conv_general_dilated=(shifted_sum_conv if self.pool_implementation == 'shifted_sum'
-                                  else None))(grid)
+            conv_general_dilated=(pooling.shifted_sum_conv
+                                  if self.pool_implementation == 'shifted_sum' else None))(grid)
         grid = grid.reshape(batch, heads, -1, head_dim).transpose(0, 2, 1, 3)
         t = jnp.concatenate([t[:, :1], grid], axis=1)
         # Unflattened: with the rows flattened, XLA fused the pooling's slices into more kernels
@@ -139,6 +139,7 @@ class MultiScaleBlock(nn.Module):
     """
     attention: Any    # partial of MultiScaleAttention, missing the block's geometry and `name`
     norm: Any         # partial of `layers.layer_norm`, missing only `name`
+    max_pool: Any     # `nn.max_pool` or `pooling.max_pool`, for the skip
     dim: int
     dim_out: int
     num_heads: int
@@ -159,8 +160,8 @@ class MultiScaleBlock(nn.Module):
         skip_kernel = tuple(s + 1 if s > 1 else s for s in self.stride_q)
         if skip_kernel and math.prod(skip_kernel) > 1:
             grid = x[:, 1:].reshape(x.shape[0], *self.thw, self.dim)
-            grid = nn.max_pool(grid, skip_kernel, strides=self.stride_q,
-                               padding=[(k // 2, k // 2) for k in skip_kernel])
+            grid = self.max_pool(grid, skip_kernel, strides=self.stride_q,
+                                 padding=[(k // 2, k // 2) for k in skip_kernel])
             x = jnp.concatenate([x[:, :1], grid.reshape(x.shape[0], -1, self.dim)], axis=1)
         x = x + layers.drop_path(y, drop_path, 0)
         x_norm = self.norm(name='norm2')(x)
@@ -207,8 +208,9 @@ class MViT(nn.Module):
     keep_counts: str = 'official'  # or 'exact' (see selection_counts)
     remat: bool = False
     dtype: Any = jnp.float32
-    # 'conv': grouped convolution; 'shifted_sum': the same pooling as slices x weights, far
-    # faster on XLA:CPU (`vtx.kernels.pooling`), same parameters.
+    # 'conv': grouped convolution and XLA's max pooling; 'shifted_sum': the same poolings as
+    # strided slices (times weights; maximum), far faster on XLA:CPU (`vtx.kernels.pooling`),
+    # same parameters.
     pool_implementation: str = 'shifted_sum'
     # Runs of equal blocks (MViT-B: blocks 4-12) as one scan: one block body to compile.
     scan_layers: bool = False
@@ -290,6 +292,8 @@ class MViT(nn.Module):
                                         dtype=self.dtype,
                                         pool_implementation=self.pool_implementation),
             norm=functools.partial(layers.layer_norm, self.layer_norm_eps, dtype=self.dtype),
+            max_pool=(pooling.max_pool if self.pool_implementation == 'shifted_sum'
+                      else nn.max_pool),
             mlp_ratio=self.mlp_ratio, dtype=self.dtype)
         thw = tuple(thw)
         rates = np.linspace(0, self.drop_path_rate, self.depth).tolist()
