@@ -222,11 +222,17 @@ def _long(scores_shape) -> bool:
     return math.prod(scores_shape[-2:]) * 4 > LONG_HEAD_SCORES
 
 
+def _cpu_layouts() -> bool:
+    """Whether attention takes its CPU-only forms (chunks, d-major products): on CPU, outside
+    `unchunked`."""
+    return not _whole and jax.default_backend() == 'cpu'
+
+
 def _over_threshold(scores_shape) -> bool:
     """Whether attention with these heads-first scores is large enough to run in chunks on this
-    backend: on CPU, outside `unchunked`, with fixed sizes, over LONG_CHUNK_ABOVE of scores for
-    long sequences (`_long`) and CHUNK_ABOVE for the others."""
-    if (_whole or jax.default_backend() != 'cpu'
+    backend: where `_cpu_layouts`, with fixed sizes, over LONG_CHUNK_ABOVE of scores for long
+    sequences (`_long`) and CHUNK_ABOVE for the others."""
+    if (not _cpu_layouts()
             or not all(isinstance(n, int) for n in scores_shape)):   # symbolic (exported) batch
         return False
     return math.prod(scores_shape) * 4 > (LONG_CHUNK_ABOVE if _long(scores_shape) else CHUNK_ABOVE)
@@ -455,7 +461,7 @@ def _attention_backward(residuals, do):
     if plan is None:   # inputs heads-first (leading axes folded where `_folds`), as kept
         do = _swap_heads(do)
         lead = do.shape[:-2]
-        d_major = _long(scores_shape) and not _whole and jax.default_backend() == 'cpu'
+        d_major = _cpu_layouts() and _long(scores_shape)
         dq, dk, dv, ds = _heads_first_backward(*inputs, o, p, do.reshape(o.shape), d_major)
         dbias = None if bias is None else _bias_gradient(ds, bias.shape, bias.dtype)
         return tuple(_swap_heads(g.reshape(*lead, *g.shape[-2:])) for g in (dq, dk, dv)), dbias

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from vtx.kernels.attention import attention_with_weights, dot_product_attention
-from vtx.kernels.projection import dense_projections
+from vtx.kernels.projection import dense_projections, over_rows
 
 Dtype = Any
 
@@ -37,7 +37,7 @@ class Dense(nn.Dense):
     def __call__(self, x):
         if x.ndim < 3:
             return _flax_dense(self, x)
-        return _flax_dense(self, x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+        return over_rows(lambda rows: _flax_dense(self, rows), x)
 
 
 # Flax's Dense body without its method wrapper, for the reason given at `_flax_layer_norm`.
@@ -107,8 +107,7 @@ class LayerNorm(nn.LayerNorm):
     def __call__(self, x, *args, **kwargs):
         if x.ndim < 3 or 1 not in x.shape[:-1]:
             return _flax_layer_norm(self, x, *args, **kwargs)
-        rows = x.reshape(-1, x.shape[-1])
-        return _flax_layer_norm(self, rows, *args, **kwargs).reshape(*x.shape[:-1], -1)
+        return over_rows(lambda rows: _flax_layer_norm(self, rows, *args, **kwargs), x)
 
 
 # Flax's LayerNorm body without its method wrapper: called as `super().__call__`, the flattened
