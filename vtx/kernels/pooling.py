@@ -1,12 +1,12 @@
 """MViT's poolings as strided slices (`MViT.pool_implementation='shifted_sum'`): the pooling
-convolution as a shifted sum, and the skip connection's max pooling as a maximum of slices.
+convolution as a shifted sum, and the skip connection's max pooling's gradient.
 
 XLA:CPU runs a grouped (depthwise) 3D convolution as a slow generic loop. The same convolution as
 a sum over the kernel offsets of strided slices times per-channel weights gives the same result
 up to float rounding and runs two orders of magnitude faster there. It lowers max pooling's
 gradient (select_and_scatter) to a window reduction that tracks the argmax's index along every
 axis, then a scatter of the gradient to those indices: in STTS-MViT's train step 0.1 s of
-kernels. A maximum of slices routes its gradient by comparing each window with the maximum.
+kernels. Comparing each strided slice of the window with the maximum routes it instead.
 
 Both backwards are written by hand and share `_transpose_windows`.
 """
@@ -79,33 +79,29 @@ def _depthwise_bwd(strides, padding, residuals, grad):
 
 
 def max_pool(inputs, window_shape, strides, padding):
-    """`flax.linen.max_pool` of channels-last [N, *spatial, C] with explicit (low, high) padding,
-    as the maximum of the window's strided slices. Its gradient goes to the first maximum of each
-    window in scan order, as XLA's and PyTorch's max pooling route it.
+    """`flax.linen.max_pool` of channels-last [N, *spatial, C] with explicit (low, high) padding.
+    The forward is XLA's own window reduction; the backward compares each strided slice of the
+    window with the maximum and sends the gradient to the first maximum in scan order, as XLA's and
+    PyTorch's max pooling route it.
     """
     return _max_pool(inputs, tuple(window_shape), tuple(strides),
                      tuple(tuple(p) for p in padding))
 
 
-def _max_pool_forward(inputs, kernel, strides, padding):
-    padded = jnp.pad(inputs, [(0, 0), *padding, (0, 0)], constant_values=-jnp.inf)
-    out = [(n - k) // s + 1 for n, k, s in zip(padded.shape[1:-1], kernel, strides)]
-    windows = [window for _, window in _strided_windows(padded, kernel, strides, out)]
-    return functools.reduce(jnp.maximum, windows), padded
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool(inputs, kernel, strides, padding):
-    return _max_pool_forward(inputs, kernel, strides, padding)[0]
+    return jax.lax.reduce_window(inputs, -jnp.inf, jax.lax.max, (1, *kernel, 1), (1, *strides, 1),
+                                 ((0, 0), *padding, (0, 0)))
 
 
 def _max_pool_fwd(inputs, kernel, strides, padding):
-    pooled, padded = _max_pool_forward(inputs, kernel, strides, padding)
-    return pooled, (padded, pooled)
+    pooled = _max_pool(inputs, kernel, strides, padding)
+    return pooled, (inputs, pooled)
 
 
 def _max_pool_bwd(kernel, strides, padding, residuals, grad):
-    padded, pooled = residuals
+    inputs, pooled = residuals
+    padded = jnp.pad(inputs, [(0, 0), *padding, (0, 0)], constant_values=-jnp.inf)
     windows = list(_strided_windows(padded, kernel, strides, pooled.shape[1:-1]))
     # The offset index of each output's first maximum: scanning backwards, the first one stays.
     first = jnp.full(pooled.shape, len(windows), jnp.int32)
@@ -115,7 +111,7 @@ def _max_pool_bwd(kernel, strides, padding, residuals, grad):
     d_inputs = _transpose_windows(((offset, jnp.where(first == index, grad, zero))
                                    for index, (offset, _) in enumerate(windows)),
                                   kernel, strides, padding, padded.shape)
-    return (d_inputs.astype(padded.dtype),)
+    return (d_inputs.astype(inputs.dtype),)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
