@@ -161,9 +161,12 @@ def _weight_gradient(padded, grad, rhs, strides, one_loop=None):
     reduction with an output per offset, which XLA:CPU emits as a single loop that reads each
     window in place. As one reduction per offset, each went to a YNNPACK fusion that copied its
     window out first (27 copies and 27 reductions per pooling; 15% of STTS-MViT's train step).
-    The loop sums in order, so it keeps a partial sum per position of the last spatial axis and
-    adds those at the end: against float64, its error measured about 3x the YNNPACK reductions'
-    (a single running sum: 17x). GPU and TPU compilers fuse each window's slice into its own
+    The loop sums in order, so it keeps a partial sum per position of the last two spatial axes
+    (summing over batch and frames only) and adds those at the end. Against float64 (the weight
+    gradient of a [4, 10, 58, 58, 96] pooling), its RMS error measured 1.3x the YNNPACK
+    reductions'; with partial sums over the last axis only it was 4.8x, and that loop, with fewer
+    and longer sums, made MViT-B's train step 2.5% slower (docs/performance.md, "The pooling
+    weight gradient's partial sums"). GPU and TPU compilers fuse each window's slice into its own
     reduction, and a 27-output reduction has not been tried there, so they keep one per offset.
     """
     if one_loop is None:
@@ -172,10 +175,11 @@ def _weight_gradient(padded, grad, rhs, strides, one_loop=None):
     products = [f32(window) * f32(grad) for _, window in
                 _strided_windows(padded, rhs.shape[:-2], strides, grad.shape[1:-1])]
     if one_loop:
+        kept = min(2, grad.ndim - 2)   # spatial axes with a partial sum per position
         partial = jax.lax.reduce(products, [np.float32(0)] * len(products),
                                  lambda a, b: tuple(x + y for x, y in zip(a, b)),
-                                 tuple(range(grad.ndim - 2)))
-        d_rhs = jnp.sum(jnp.stack(partial), axis=1)
+                                 tuple(range(grad.ndim - 1 - kept)))
+        d_rhs = jnp.sum(jnp.stack(partial), axis=tuple(range(1, 1 + kept)))
     else:
         d_rhs = jnp.stack([jnp.sum(p, axis=tuple(range(grad.ndim - 1))) for p in products])
     return d_rhs.reshape(rhs.shape).astype(rhs.dtype)
