@@ -4,7 +4,8 @@ parameters.
 
   attention         the attention every model shares (heads-first products, a hand-written VJP
                     that also sums a window-shared bias's gradient), and the choice of what runs it
-  pooling           MViT's pooling conv and skip max pool as strided slices (`pool_implementation`)
+  pooling           MViT's pooling conv, and its skip max pool's gradient, by strided slices
+                    (`pool_implementation`)
   projection        query/key/value projections fused into one matmul (`fused_qkv`)
   top_k             STTS's hard and perturbed (differentiable) top-k
 """

@@ -208,9 +208,9 @@ class MViT(nn.Module):
     keep_counts: str = 'official'  # or 'exact' (see selection_counts)
     remat: bool = False
     dtype: Any = jnp.float32
-    # 'conv': grouped convolution and XLA's max pooling; 'shifted_sum': the same poolings as
-    # strided slices (times weights; maximum), far faster on XLA:CPU (`vtx.kernels.pooling`),
-    # same parameters.
+    # 'conv': grouped convolution and XLA's max pooling; 'shifted_sum': the convolution as
+    # strided slices x weights and the skip's max pooling with its gradient by strided slices,
+    # far faster on XLA:CPU (`vtx.kernels.pooling`), same parameters.
     pool_implementation: str = 'shifted_sum'
     # Runs of equal blocks (MViT-B: blocks 4-12) as one scan: one block body to compile.
     scan_layers: bool = False
