@@ -132,9 +132,8 @@ def _transpose_windows(contributions, kernel, strides, padding, padded_shape):
     # phase k % s of block o + k // s, so per phase its contribution lands k // s blocks on.
     shifts = [-(-k // s) for k, s in zip(kernel, strides)]  # distinct k // s per axis
     phases = [min(k, s) for k, s in zip(kernel, strides)]  # phases no offset reaches stay zero
-    by_phase, blocks = {}, None
+    by_phase = {}
     for offset, term in contributions:
-        blocks = [o + a - 1 for o, a in zip(term.shape[1:-1], shifts)]
         term = jnp.pad(term, [(0, 0), *((k // s, a - 1 - k // s)
                                         for k, s, a in zip(offset, strides, shifts)), (0, 0)])
         phase = tuple(k % s for k, s in zip(offset, strides))
@@ -144,6 +143,7 @@ def _transpose_windows(contributions, kernel, strides, padding, padded_shape):
     stacked = jnp.pad(_stack_phases(by_phase, phases, ()),
                       [(0, 0), *(w for p, s in zip(phases, strides) for w in ((0, 0), (0, s - p))),
                        (0, 0)])
+    blocks = next(iter(by_phase.values())).shape[1:-1]   # each term, padded onto the blocks
     positions = stacked.reshape(stacked.shape[0], *(b * s for b, s in zip(blocks, strides)),
                                 stacked.shape[-1])
     # Back to the unpadded input: drop the low padding, cut or zero-fill the high end.
