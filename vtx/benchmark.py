@@ -13,6 +13,12 @@ The timed functions are the ones that train and serve: `train_step` and `forward
 is synchronised (`block_until_ready`). Compilation is timed apart, then `--warmup` untimed steps
 run, then `--steps` timed ones.
 
+Beside the wall times it records the process's CPU time and page faults per timed step
+(`getrusage`): `user_s_per_step` (compute, all threads), `system_s_per_step` (the kernel's, mostly
+mapping and zeroing the memory a step's temporaries take anew) and `minor_faults_per_step`. On
+CPU a step's wall time includes that kernel time (docs/performance.md, "Kernel time in
+STTS-MViT's train step"), so a high `system_s_per_step` says where a slow step's time went.
+
 MFU = 2 x MACs per step / median step time / peak, where MACs are those of the step's traced
 program (`vtx.report.count_macs`; the train step includes its backward; with remat the recomputed
 forward is left out, as MFU counts the model's work, not the hardware's) and the peak is measured
@@ -28,6 +34,7 @@ import argparse
 import importlib.util
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -153,7 +160,9 @@ def benchmark(config, batch: int = 1, mode: str = 'train', warmup: int = 1, step
             return compiled(*args)
 
     _timed(step, warmup)
+    before = resource.getrusage(resource.RUSAGE_SELF)
     times = _timed(step, steps)
+    after = resource.getrusage(resource.RUSAGE_SELF)
     median = statistics.median(times)
     dtype = compute_dtype(config)
     peak = peak or matmul_peak(dtype)
@@ -170,6 +179,9 @@ def benchmark(config, batch: int = 1, mode: str = 'train', warmup: int = 1, step
         'warmup_steps': warmup, 'steps': steps,
         'step_s_median': median, 'step_s_min': min(times), 'step_s_max': max(times),
         'step_s_all': times, 'clips_per_sec': batch / median,
+        'user_s_per_step': (after.ru_utime - before.ru_utime) / steps,
+        'system_s_per_step': (after.ru_stime - before.ru_stime) / steps,
+        'minor_faults_per_step': (after.ru_minflt - before.ru_minflt) / steps,
         'macs_per_step': useful_macs, 'executed_macs_per_step': costs['macs'],
         'xla_flops_per_step': costs['xla_flops'],
         'achieved_flops_per_sec': achieved,
@@ -187,7 +199,8 @@ def format_result(r: dict) -> str:
             f"  compile {r['compile_s']:.1f} s (trace+lower {r['lower_s']:.1f}, XLA "
             f"{r['xla_compile_s']:.1f}); step {r['step_s_median'] * 1e3:.1f} ms median "
             f"(min {r['step_s_min'] * 1e3:.1f}, max {r['step_s_max'] * 1e3:.1f}, n={r['steps']}); "
-            f"{r['clips_per_sec']:.2f} clips/s\n"
+            f"{r['clips_per_sec']:.2f} clips/s; CPU time a step {r['user_s_per_step']:.2f} s user, "
+            f"{r['system_s_per_step']:.2f} s kernel, {r['minor_faults_per_step']:.0f} page faults\n"
             f"  {r['achieved_flops_per_sec'] / 1e9:.1f} GFLOP/s (2 x MACs; XLA count "
             f"{r['achieved_xla_flops_per_sec'] / 1e9:.1f}); peak {r['peak']['flops_per_sec'] / 1e9:.1f}"
             f" GFLOP/s ({r['peak']['size']}^2 {r['peak']['dtype']} matmul); MFU {100 * r['mfu']:.1f}%"
