@@ -32,8 +32,10 @@ def test_two_steps(mode, peak):
     assert r['mfu'] == pytest.approx(r['achieved_flops_per_sec'] / peak['flops_per_sec'])
     assert r['xla_flops_per_step'] >= 2 * r['macs_per_step']
     assert r['peak_memory_bytes_xla'] > 0 and r['compile_s'] > 0
-    # getrusage of the timed steps: compute takes user time; the kernel's share can be 0
-    assert r['user_s_per_step'] > 0 and r['system_s_per_step'] >= 0
+    # getrusage of the timed steps. Linux splits a thread's run time into user and kernel time
+    # from tick samples, so in steps of milliseconds either share alone may read 0
+    assert r['user_s_per_step'] >= 0 and r['system_s_per_step'] >= 0
+    assert r['user_s_per_step'] + r['system_s_per_step'] > 0
     assert r['minor_faults_per_step'] >= 0
 
 
