@@ -147,7 +147,7 @@ def main(argv=None):
     host = xla_flags.host()
     print(f"{host['cpu_model']}: {host['threads']} of {host['cpus_online']} CPUs for XLA:CPU and "
           f"torch; XLA_FLAGS={host['xla_flags']!r}; GLIBC_TUNABLES={host['glibc_tunables']!r}; "
-          f"THP {host['thp_mode']}", flush=True)
+          f"THP {host['thp_mode']}; CPU dispatch {host['cpu_dispatch']}", flush=True)
     official = official_times(args.baseline)
     torch_then = baseline_torch_peak(args.baseline)
     if torch_then:
@@ -188,5 +188,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    xla_flags.restart_with_huge_pages()   # as vtx's commands do
+    xla_flags.configure_host_memory()   # as vtx's commands do
     main()

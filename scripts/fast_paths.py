@@ -125,5 +125,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    xla_flags.restart_with_huge_pages()   # as vtx's commands do
+    xla_flags.configure_host_memory()   # as vtx's commands do
     main()

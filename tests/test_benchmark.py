@@ -133,35 +133,44 @@ def test_default_xla_flags_leave_the_users(monkeypatch):
     assert os.environ['XLA_FLAGS'] == '--xla_cpu_enable_fast_math=false --xla_cpu_max_isa=AVX2'
 
 
-def test_huge_pages_environment_decides_from_glibc_thp_and_the_users_tunables():
+def test_malloc_environment_decides_from_glibc_thp_and_the_users_tunables():
     from vtx import xla_flags
-    ask = lambda env, glibc=(2, 36), mode='madvise': xla_flags.huge_pages_environment(
-        env, glibc, mode)
-    assert ask({'A': '1'}) == {'A': '1', 'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
-    assert ask({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'})['GLIBC_TUNABLES'] == (
-        'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1')
-    assert ask({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}) is None   # the user's choice
-    assert ask({}, glibc=(2, 34)) is None                                # no such tunable
-    assert ask({}, mode='always') is None and ask({}, mode='never') is None
+    ask = lambda env, glibc=(2, 36), mode='madvise': xla_flags.malloc_environment(env, glibc, mode)
+    keep = 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736'
+    assert ask({'A': '1'}) == {'A': '1', 'GLIBC_TUNABLES': keep + ':glibc.malloc.hugetlb=1'}
+    assert ask({}, glibc=(2, 34))['GLIBC_TUNABLES'] == keep            # no huge-page tunable yet
+    assert ask({}, mode='always')['GLIBC_TUNABLES'] == keep
+    assert ask({}, glibc=(2, 25)) is None
+    # Any GLIBC_TUNABLES, even empty, is the user's choice and left as it is.
+    assert ask({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}) is None
+    assert ask({'GLIBC_TUNABLES': ''}) is None
+    assert xla_flags.keeps_memory({'GLIBC_TUNABLES': keep})
+    assert not xla_flags.keeps_memory({'GLIBC_TUNABLES': 'glibc.malloc.mmap_max=65536'})
+    assert not xla_flags.keeps_memory({})
 
 
-def test_commands_restart_once_with_huge_pages(tmp_path):
-    """A command restarts itself with the tunable where it helps (this host decides), keeping
-    its interpreter options and arguments, and does not restart again."""
+def test_commands_restart_once_with_the_malloc_tunables(tmp_path):
+    """A command restarts itself with the tunables where they apply (this host decides), keeping
+    its interpreter options and arguments, does not restart again, and then dispatches CPU
+    programs synchronously exactly when the main thread keeps its memory."""
     import subprocess
     import sys
     from vtx import xla_flags
     env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
-    expected = (xla_flags.huge_pages_environment(env) or {}).get('GLIBC_TUNABLES', '')
+    expected = (xla_flags.malloc_environment(env) or {}).get('GLIBC_TUNABLES', '')
     log = tmp_path / 'starts'
     code = ('import os, sys; from vtx import xla_flags\n'
             f'open({str(log)!r}, "a").write("start\\n")\n'
-            'xla_flags.restart_with_huge_pages()\n'
-            'print(os.environ.get("GLIBC_TUNABLES", ""), sys.argv[1:], sys.flags.optimize)')
-    out = subprocess.run([sys.executable, '-O', '-c', code, 'an', 'argument'], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=120, check=True).stdout
-    assert out.split('\n')[0] == f"{expected} ['an', 'argument'] 1"
+            'xla_flags.configure_host_memory()\n'
+            'print(os.environ.get("GLIBC_TUNABLES", ""), sys.argv[1:], sys.flags.optimize,\n'
+            '      xla_flags.cpu_dispatch())')
+    run = lambda env: subprocess.run(
+        [sys.executable, '-O', '-c', code, 'an', 'argument'], env=env, cwd=REPO,
+        capture_output=True, text=True, timeout=120, check=True).stdout.split('\n')[0]
+    dispatch = 'sync' if xla_flags.keeps_memory({'GLIBC_TUNABLES': expected}) else 'async'
+    assert run(env) == f"{expected} ['an', 'argument'] 1 {dispatch}"
     assert log.read_text().count('start') == (2 if expected else 1)
+    assert run({**env, 'GLIBC_TUNABLES': ''}) == " ['an', 'argument'] 1 async"
 
 
 def test_compilation_cache_folder_is_per_machine_and_can_be_turned_off(monkeypatch, tmp_path):

@@ -117,7 +117,8 @@ def format_rates(rates: dict) -> str:
                ' threads)' if torch_peak else '')
             + (f"; XLA_FLAGS={rates['xla_flags']!r}" if rates['xla_flags'] else '')
             + (f"; GLIBC_TUNABLES={rates['glibc_tunables']!r}" if rates['glibc_tunables'] else '')
-            + (f"; THP {rates['thp_mode']}" if rates['thp_mode'] else ''))
+            + (f"; THP {rates['thp_mode']}" if rates['thp_mode'] else '')
+            + f"; CPU dispatch {rates['cpu_dispatch']}")
 
 
 def _random_batch(built: Steps, batch: int):
@@ -246,7 +247,7 @@ def main(argv=None):
 @cli.command
 def run():
     """The `vtx-benchmark` command."""
-    xla_flags.restart_with_huge_pages()
+    xla_flags.configure_host_memory()
     main()
 
 

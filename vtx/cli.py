@@ -152,7 +152,7 @@ def _print_help(main):
 @command
 def run(main, program: str, define_flags=None):
     """Runs an absl `main` as the console command `program` (or its `python -m` module)."""
-    xla_flags.restart_with_huge_pages()
+    xla_flags.configure_host_memory()
     _program[0] = program
     if define_flags is not None:
         define_flags()

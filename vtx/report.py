@@ -266,7 +266,7 @@ def main(argv=None):
 @cli.command
 def run():
     """The `vtx-report` command."""
-    xla_flags.restart_with_huge_pages()
+    xla_flags.configure_host_memory()
     main()
 
 

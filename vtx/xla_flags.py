@@ -40,14 +40,24 @@ def apply_defaults(flags: dict[str, str] = DEFAULT_FLAGS) -> list[str]:
     return added
 
 
-# XLA:CPU allocates each run's temporaries (GBs for a full-size train step) with posix_memalign.
-# glibc serves a request that large from a fresh mmap, always from a thread's arena, and unmaps
-# it when freed, so every step touches its working memory anew, one 4 KiB page fault at a time:
-# 740k faults and 1.8 s of kernel time per 5.2 s TPS train step on a 2-core host. The tunable
-# below (glibc >= 2.35) makes malloc ask for transparent huge pages on such mappings, which
-# Linux's default THP mode ('madvise') grants only when asked: 2 MiB faults, a few thousand.
-HUGE_PAGES_TUNABLE = 'glibc.malloc.hugetlb'
+# XLA:CPU allocates each run's temporaries (GBs for a full-size train step) with posix_memalign,
+# and with JAX's asynchronous dispatch from a worker thread of its CPU client. glibc serves a thread
+# arena's request larger than its 64 MiB heap from a mapping of its own, whatever the tunables
+# say, and unmaps it when freed, so every step touches its working memory anew, one 4 KiB page
+# fault at a time: 740k faults and 1.8 s of kernel time per 5.2 s TPS train step on a 2-core host.
+# Two settings end that (docs/performance.md, "Who allocates a step's temporaries"):
+# - GLIBC_TUNABLES below: `hugetlb=1` (glibc >= 2.35) makes malloc ask for transparent huge
+#   pages, which Linux's default THP mode ('madvise') grants only when asked; `mmap_max=0` serves
+#   large requests of the main thread from the main arena's heap instead of fresh mappings, and
+#   the 64 GiB `trim_threshold` keeps freed memory there for the next step to reuse.
+# - synchronous dispatch of CPU programs (`jax_cpu_enable_async_dispatch`, read when JAX creates
+#   its CPU client), so the main thread, not a worker, runs each step and allocates from that
+#   arena. Programs spanning several devices dispatch asynchronously whatever it says.
+# Together: 0-12 faults a step instead of 300k, and STTS-MViT's train step 2.2 s -> 1.6 s.
 THP_MODE_FILE = '/sys/kernel/mm/transparent_hugepage/enabled'
+KEEP_MEMORY_TUNABLES = {'glibc.malloc.mmap_max': '0',
+                        'glibc.malloc.trim_threshold': str(64 << 30)}   # glibc >= 2.26
+HUGE_PAGES_TUNABLES = {'glibc.malloc.hugetlb': '1'}                     # glibc >= 2.35
 
 
 def glibc_version() -> tuple[int, int] | None:
@@ -68,40 +78,66 @@ def thp_mode(path: str = THP_MODE_FILE) -> str | None:
     return found[1] if found else None
 
 
-def huge_pages_environment(environ=None, glibc: tuple[int, int] | None = None,
-                           mode: str | None = None) -> dict | None:
-    """`environ` (default os.environ; `glibc` and `mode` default to this host's) with
-    GLIBC_TUNABLES asking malloc for transparent huge pages, or None where that would change
-    nothing: glibc older than 2.35 or none, a THP mode other than 'madvise' ('always' gives
-    large mappings huge pages unasked, 'never' gives none), or GLIBC_TUNABLES already setting
-    the tunable (the user's choice, 0 included)."""
+def tunables(environ=None) -> dict[str, str]:
+    """The glibc tunables GLIBC_TUNABLES of `environ` (default os.environ) sets, by name."""
+    environ = os.environ if environ is None else environ
+    pairs = [part.split('=', 1) for part in environ.get('GLIBC_TUNABLES', '').split(':')]
+    return {pair[0]: pair[1] for pair in pairs if len(pair) == 2}
+
+
+def malloc_environment(environ=None, glibc: tuple[int, int] | None = None,
+                       mode: str | None = None) -> dict | None:
+    """`environ` (default os.environ; `glibc` and `mode` default to this host's) with GLIBC_TUNABLES
+    set to vtx's malloc tunables, or None where vtx leaves malloc alone: no glibc or one older than
+    2.26, or GLIBC_TUNABLES already set, even empty (the user's choice; naming a tunable, even with
+    its documented default, also turns off glibc's adaptive thresholds, so vtx adds none to it).
+    The huge-page tunable applies from glibc 2.35 where the THP mode is 'madvise' ('always' gives
+    large mappings huge pages unasked, 'never' gives none)."""
     environ = dict(os.environ if environ is None else environ)
     glibc = glibc_version() if glibc is None else glibc
     mode = thp_mode() if mode is None else mode
-    current = environ.get('GLIBC_TUNABLES', '')
-    named = {part.split('=')[0] for part in current.split(':')}
-    if glibc is None or glibc < (2, 35) or mode != 'madvise' or HUGE_PAGES_TUNABLE in named:
+    if glibc is None or glibc < (2, 26) or 'GLIBC_TUNABLES' in environ:
         return None
-    environ['GLIBC_TUNABLES'] = ':'.join(filter(None, [current, f'{HUGE_PAGES_TUNABLE}=1']))
+    wanted = dict(KEEP_MEMORY_TUNABLES)
+    if glibc >= (2, 35) and mode == 'madvise':
+        wanted.update(HUGE_PAGES_TUNABLES)
+    environ['GLIBC_TUNABLES'] = ':'.join(f'{name}={value}' for name, value in wanted.items())
     return environ
 
 
-def restart_with_huge_pages() -> None:
-    """Re-executes this process once, with the same interpreter, options and arguments
-    (`sys.orig_argv`), under `huge_pages_environment()` where that is not None and JAX has not
-    started. vtx's commands call it first; a program importing vtx can set
-    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 itself, and GLIBC_TUNABLES=glibc.malloc.hugetlb=0
-    keeps glibc's default."""
-    argv = getattr(sys, 'orig_argv', [])
-    environ = huge_pages_environment()
-    if environ is None or len(argv) < 2 or backends_started():
+def keeps_memory(environ=None) -> bool:
+    """Whether the main thread's large blocks stay in its heap (GLIBC_TUNABLES sets mmap_max=0),
+    which is when running CPU programs on it pays."""
+    return tunables(environ).get('glibc.malloc.mmap_max') == '0'
+
+
+def configure_host_memory() -> None:
+    """vtx's commands call this first. Re-executes the process once, with the same interpreter,
+    options and arguments (`sys.orig_argv`), under `malloc_environment()` where that is not None
+    and JAX has not started; then, where the main thread keeps its memory, makes JAX dispatch CPU
+    programs synchronously. A program importing vtx can do the same itself; a user opts out by
+    setting GLIBC_TUNABLES, even empty (`GLIBC_TUNABLES= vtx-train ...`): glibc's defaults and
+    asynchronous dispatch."""
+    if backends_started():
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execve(sys.executable, [sys.executable, *argv[1:]], environ)
-    except OSError:
-        pass   # run on, with glibc's default
+    argv = getattr(sys, 'orig_argv', [])
+    environ = malloc_environment()
+    if environ is not None and len(argv) >= 2:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execve(sys.executable, [sys.executable, *argv[1:]], environ)
+        except OSError:
+            pass   # run on, with glibc's defaults
+    if keeps_memory():
+        import jax
+        jax.config.update('jax_cpu_enable_async_dispatch', False)
+
+
+def cpu_dispatch() -> str:
+    """'sync' or 'async': how JAX dispatches single-device CPU programs in this process."""
+    import jax
+    return 'async' if jax.config.read('jax_cpu_enable_async_dispatch') else 'sync'
 
 
 def pin_threads(threads: int) -> list[int]:
@@ -131,7 +167,8 @@ def host() -> dict:
     """The compute resources of this process, for a benchmark's record."""
     return {'cpu_model': cpu_model(), 'cpus_online': os.cpu_count(),
             'threads': len(os.sched_getaffinity(0)), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
-            'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''), 'thp_mode': thp_mode()}
+            'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''), 'thp_mode': thp_mode(),
+            'cpu_dispatch': cpu_dispatch()}
 
 
 # vtx's commands that compile a model (vtx-train, vtx-predict) keep the compiled XLA programs in
