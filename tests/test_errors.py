@@ -119,6 +119,19 @@ def test_cli_config_file_that_fails_is_one_line(tmp_path, text, expected):
     assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.parametrize('args, status, first_line', [
+    (['--help'], 0, 'Command line: `vtx-train --config'),
+    (['--nope'], 2, "vtx-train: error: bad command line: Unknown command line flag 'nope'")])
+def test_help_and_a_bad_flag_answer_before_jax_loads(args, status, first_line):
+    """vtx-train sets up host memory (a restart, then JAX) only for a command line that parses."""
+    code = ("import sys; sys.modules['jax'] = None; sys.argv[0] = 'vtx-train'\n"
+            'from vtx import main; main.run()')
+    out = subprocess.run([sys.executable, '-c', code, *args], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == status, out.stderr[-2000:]
+    assert (out.stdout or out.stderr).splitlines()[0].startswith(first_line)
+
+
 @pytest.mark.parametrize('command', [['vtx.pretrained', 'list'], ['vtx.main', '--help']])
 def test_a_command_whose_reader_closes_stdout_ends_quietly(command):
     """`vtx-zoo list | head -3`: no BrokenPipeError traceback, the status a shell gives SIGPIPE."""

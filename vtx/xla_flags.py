@@ -113,12 +113,12 @@ def keeps_memory(environ=None) -> bool:
 
 
 def configure_host_memory() -> None:
-    """vtx's commands call this first. Re-executes the process once, with the same interpreter,
-    options and arguments (`sys.orig_argv`), under `malloc_environment()` where that is not None
-    and JAX has not started; then, where the main thread keeps its memory, makes JAX dispatch CPU
-    programs synchronously. A program importing vtx can do the same itself; a user opts out by
-    setting GLIBC_TUNABLES, even empty (`GLIBC_TUNABLES= vtx-train ...`): glibc's defaults and
-    asynchronous dispatch."""
+    """vtx's commands call this before JAX starts. Re-executes the process once, with the same
+    interpreter, options and arguments (`sys.orig_argv`), under `malloc_environment()` where that
+    is not None and JAX has not started; then, where the main thread keeps its memory, makes JAX
+    dispatch CPU programs synchronously. A program importing vtx can do the same itself; a user
+    opts out by setting GLIBC_TUNABLES, even empty (`GLIBC_TUNABLES= vtx-train ...`): glibc's
+    defaults and asynchronous dispatch."""
     if backends_started():
         return
     argv = getattr(sys, 'orig_argv', [])
