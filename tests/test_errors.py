@@ -123,7 +123,8 @@ def test_cli_config_file_that_fails_is_one_line(tmp_path, text, expected):
     (['--help'], 0, 'Command line: `vtx-train --config'),
     (['--nope'], 2, "vtx-train: error: bad command line: Unknown command line flag 'nope'")])
 def test_help_and_a_bad_flag_answer_before_jax_loads(args, status, first_line):
-    """vtx-train sets up host memory (a restart, then JAX) only for a command line that parses."""
+    """vtx-train imports JAX (to set its dispatch) only for a command line that parses; its
+    restart with the malloc tunables comes first and imports nothing."""
     code = ("import sys; sys.modules['jax'] = None; sys.argv[0] = 'vtx-train'\n"
             'from vtx import main; main.run()')
     out = subprocess.run([sys.executable, '-c', code, *args], cwd=REPO, capture_output=True,

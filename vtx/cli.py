@@ -152,18 +152,19 @@ def _print_help(main):
 @command
 def run(main, program: str, define_flags=None):
     """Runs an absl `main` as the console command `program` (or its `python -m` module)."""
+    xla_flags.restart_with_malloc_tunables()
     _program[0] = program
     if define_flags is not None:
         define_flags()
     if any(arg in ('-h', '--help', '-help', '--helpshort') for arg in sys.argv[1:]):
         _print_help(main)
         sys.exit(0)
-    app.run(main, argv=resolve_config_flag(sys.argv), flags_parser=_parse_flags_then_set_up_host)
+    app.run(main, argv=resolve_config_flag(sys.argv), flags_parser=_parse_flags_then_dispatch)
 
 
-def _parse_flags_then_set_up_host(argv):
-    """Host memory is set up (a restart, and JAX imported) only for a command line that parses,
-    so that --help and a bad flag answer at once."""
+def _parse_flags_then_dispatch(argv):
+    """parse_flags, then `xla_flags.dispatch_for_host_memory()`, which imports JAX: only for a
+    command line that parses, so that --help and a bad flag answer at once."""
     parsed = parse_flags(argv)
-    xla_flags.configure_host_memory()
+    xla_flags.dispatch_for_host_memory()
     return parsed

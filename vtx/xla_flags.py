@@ -113,24 +113,34 @@ def keeps_memory(environ=None) -> bool:
 
 
 def configure_host_memory() -> None:
-    """vtx's commands call this before JAX starts. Re-executes the process once, with the same
-    interpreter, options and arguments (`sys.orig_argv`), under `malloc_environment()` where that
-    is not None and JAX has not started; then, where the main thread keeps its memory, makes JAX
-    dispatch CPU programs synchronously. A program importing vtx can do the same itself; a user
-    opts out by setting GLIBC_TUNABLES, even empty (`GLIBC_TUNABLES= vtx-train ...`): glibc's
-    defaults and asynchronous dispatch."""
-    if backends_started():
-        return
+    """vtx's commands call this before JAX starts: `restart_with_malloc_tunables()`, then
+    `dispatch_for_host_memory()`. A program importing vtx can do the same itself; a user opts out
+    by setting GLIBC_TUNABLES, even empty (`GLIBC_TUNABLES= vtx-train ...`): glibc's defaults and
+    asynchronous dispatch."""
+    restart_with_malloc_tunables()
+    dispatch_for_host_memory()
+
+
+def restart_with_malloc_tunables() -> None:
+    """Re-executes the process once, with the same interpreter, options and arguments
+    (`sys.orig_argv`), under `malloc_environment()` where that is not None and JAX has not
+    started. Whatever ran before it runs again, so a command calls it first; it imports nothing."""
     argv = getattr(sys, 'orig_argv', [])
     environ = malloc_environment()
-    if environ is not None and len(argv) >= 2:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        try:
-            os.execve(sys.executable, [sys.executable, *argv[1:]], environ)
-        except OSError:
-            pass   # run on, with glibc's defaults
-    if keeps_memory():
+    if environ is None or len(argv) < 2 or backends_started():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, [sys.executable, *argv[1:]], environ)
+    except OSError:
+        pass   # run on, with glibc's defaults
+
+
+def dispatch_for_host_memory() -> None:
+    """Where the main thread keeps its memory (`keeps_memory`) and JAX has not started, makes JAX
+    dispatch CPU programs synchronously. Imports JAX."""
+    if keeps_memory() and not backends_started():
         import jax
         jax.config.update('jax_cpu_enable_async_dispatch', False)
 
