@@ -57,6 +57,9 @@ def test_cli_json_lines(capsys):
     assert [r['mode'] for r in lines] == ['forward', 'train']
     assert lines[0]['peak'] == lines[1]['peak'] == lines[0]['rates']['peak']  # one per run
     assert lines[0]['host']['threads'] == lines[0]['rates']['threads'] == threads
+    assert lines[0]['host']['cpu_dispatch'] in ('sync', 'async')  # this suite runs on the CPU
+    assert 'CPU dispatch' in benchmark.format_rates(lines[0]['rates'])
+    assert 'dispatch' not in benchmark.format_rates({**lines[0]['rates'], 'cpu_dispatch': None})
     torch_peak = lines[0]['rates']['torch_peak']
     assert torch_peak is None or (torch_peak['threads'] == threads and torch_peak['size'] == 256)
     assert all(r['clips_per_sec'] > 0 and r['overrides']['model.num_layers'] == 2 for r in lines)

@@ -175,11 +175,13 @@ def cpu_model() -> str:
 
 
 def host() -> dict:
-    """The compute resources of this process, for a benchmark's record."""
+    """The compute resources of this process, for a benchmark's record. `cpu_dispatch` is None
+    where JAX's default backend is not the CPU: the setting then touches no program timed."""
+    import jax
     return {'cpu_model': cpu_model(), 'cpus_online': os.cpu_count(),
             'threads': len(os.sched_getaffinity(0)), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
             'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''), 'thp_mode': thp_mode(),
-            'cpu_dispatch': cpu_dispatch()}
+            'cpu_dispatch': cpu_dispatch() if jax.default_backend() == 'cpu' else None}
 
 
 # vtx's commands that compile a model (vtx-train, vtx-predict) keep the compiled XLA programs in
