@@ -31,26 +31,31 @@ def run(commands, devices_per_process):
 
 
 def test_two_processes_match_one(demo_data_dir, tmp_path):
-    # The global batch is made by 2 readers in both runs: one per process, or both in one process.
+    """2 processes of 2 devices each (a TPU host's layout, scaled down) and of 1 device each (one
+    GPU per process) train and evaluate like 1 process of 4 devices."""
+    # The global batch is made by 2 readers in every run: one per process, or both in one process.
     common = ['--mode=train_and_eval', '--config.data.num_readers=2', '--config.train.num_steps=8',
               '--config.train.eval_batch_size=8']
     single = str(tmp_path / 'one_process')
     run([cli(demo_data_dir, single, *common)], devices_per_process=4)
-
-    multi = str(tmp_path / 'two_processes')
-    address = f'localhost:{free_port()}'
-    run([cli(demo_data_dir, multi, *common, f'--coordinator_address={address}', '--num_processes=2',
-             f'--process_id={i}') for i in range(2)], devices_per_process=2)
-
-    one, two = read_metrics(single), read_metrics(multi)
+    one = read_metrics(single)
     train_one = [m for m in one if m['split'] == 'train']
-    train_two = [m for m in two if m['split'] == 'train']
-    assert [m['step'] for m in train_one] == [m['step'] for m in train_two] == [2, 4, 6, 8]
-    np.testing.assert_allclose([m['loss'] for m in train_two], [m['loss'] for m in train_one],
-                               rtol=1e-5)
-    eval_one, eval_two = one[-1], two[-1]
-    assert eval_one['split'] == eval_two['split'] == 'eval'
-    # 20 eval videos over batches of 8 split across hosts: each counted exactly once.
-    assert eval_one['num_videos'] == eval_two['num_videos'] == 20
-    np.testing.assert_allclose(eval_two['loss'], eval_one['loss'], rtol=1e-5)
-    assert eval_two['top1'] == eval_one['top1']
+    assert [m['step'] for m in train_one] == [2, 4, 6, 8]
+
+    for devices_per_process in (2, 1):
+        multi = str(tmp_path / f'two_processes_of_{devices_per_process}')
+        address = f'localhost:{free_port()}'
+        run([cli(demo_data_dir, multi, *common, f'--coordinator_address={address}',
+                 '--num_processes=2', f'--process_id={i}') for i in range(2)],
+            devices_per_process=devices_per_process)
+        two = read_metrics(multi)
+        train_two = [m for m in two if m['split'] == 'train']
+        assert [m['step'] for m in train_two] == [2, 4, 6, 8], devices_per_process
+        np.testing.assert_allclose([m['loss'] for m in train_two],
+                                   [m['loss'] for m in train_one], rtol=1e-5)
+        eval_one, eval_two = one[-1], two[-1]
+        assert eval_one['split'] == eval_two['split'] == 'eval'
+        # 20 eval videos over batches of 8 split across hosts: each counted exactly once.
+        assert eval_one['num_videos'] == eval_two['num_videos'] == 20
+        np.testing.assert_allclose(eval_two['loss'], eval_one['loss'], rtol=1e-5)
+        assert eval_two['top1'] == eval_one['top1']
