@@ -202,6 +202,12 @@ CHUNK_ABOVE = 64 << 20
 LONG_CHUNK_ABOVE = 16 << 20
 LONG_HEAD_SCORES = 256 << 10
 CHUNK_BYTES = 4 << 20
+# The chunk loops run two chunks an iteration: XLA:CPU then schedules the two chunks' kernels
+# together. Video Swin-T 32x224 on 2 cores of an Intel Xeon with AVX-512, one process per version
+# alternated (docs/performance.md, "Two chunks an iteration"), 1 -> 2: train step 4.052, 4.115,
+# 4.147, 4.160 -> 3.978, 4.062, 4.058, 4.002 s, eval 1.266, 1.230, 1.214, 1.190 -> 1.224, 1.216,
+# 1.154, 1.159 s; 4 chunks an iteration no faster than 2 and 2 s longer to compile.
+CHUNK_UNROLL = 2
 _whole = False   # set by `unchunked`
 
 
@@ -428,7 +434,8 @@ def _attention_forward(inputs, bias, mask, keep_weights: bool = True):
         return _put_chunk(out, i, o, scores_shape, plan, 'tokens', add=False), p
 
     out = jnp.zeros(query.shape[:-1] + value.shape[-1:], value.dtype)
-    out, p = jax.lax.scan(chunk, out, jnp.arange(_chunk_count(scores_shape, plan)))
+    out, p = jax.lax.scan(chunk, out, jnp.arange(_chunk_count(scores_shape, plan)),
+                          unroll=CHUNK_UNROLL)
     return out, (inputs, out, p, bias)
 
 
@@ -484,7 +491,8 @@ def _attention_backward(residuals, do):
         return (inputs_sum, bias_sum), None
 
     count = _chunk_count(scores_shape, plan)
-    (inputs_sum, bias_sum), _ = jax.lax.scan(chunk, sums, (jnp.arange(count), p))
+    (inputs_sum, bias_sum), _ = jax.lax.scan(chunk, sums, (jnp.arange(count), p),
+                                             unroll=CHUNK_UNROLL)
     grads = jax.tree.map(lambda s, x: s.astype(x.dtype), inputs_sum, inputs)
     return grads, None if bias is None else bias_sum.reshape(bias.shape).astype(bias.dtype)
 
