@@ -182,6 +182,28 @@ def test_packed_attention_is_attention_of_its_parts(monkeypatch, chunk_bytes):
         dot_product_attention(qkv, bias=bias, mask=mask), ref)
 
 
+def test_chunk_loops_cover_a_count_of_chunks_that_the_unroll_does_not_divide(monkeypatch):
+    """The chunk loops run CHUNK_UNROLL chunks an iteration; with 3 chunks the one left over still
+    runs, forward and backward: output and gradients equal autodiff of the formula."""
+    rng = np.random.default_rng(10)
+    q, k, v = (jnp.asarray(rng.normal(size=(3, 5, 2, 4)), jnp.float32) for _ in range(3))
+    monkeypatch.setattr(attention_kernel, 'CHUNK_ABOVE', 0)
+    monkeypatch.setattr(attention_kernel, 'CHUNK_BYTES', 2 * 5 * 5 * 4)
+    plan = attention_kernel._chunk_plan((3, 2, 5, 5))
+    assert attention_kernel._chunk_count((3, 2, 5, 5), plan) % attention_kernel.CHUNK_UNROLL
+
+    def formula(q, k, v):
+        s = jnp.einsum('bqhd,bkhd->bhqk', q, k) / 2.0
+        return jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(s, axis=-1), v)
+
+    cotangent = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+    out, pullback = jax.vjp(lambda *a: attention(*a, None, None), q, k, v)
+    ref_out, ref_pullback = jax.vjp(formula, q, k, v)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-6)
+    for grad, ref in zip(pullback(cotangent), ref_pullback(cotangent)):
+        np.testing.assert_allclose(grad, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_which_attention_runs_in_chunks():
     """The measured rule (see CHUNK_ABOVE): on CPU, long sequences (Video Swin's 392-token
     windows) chunk from 16 MiB of scores, in chunks of whole heads; ViT's 197 tokens stay whole
