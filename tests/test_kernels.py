@@ -39,6 +39,13 @@ def test_attention_trains_with_the_forward_it_evaluates(dtype, with_mask):
     np.testing.assert_array_equal(dot_product_attention(q, k, v, bias=bias, mask=mask), evaluated)
 
 
+def _formula(q, k, v):
+    """softmax(q k^T / sqrt(d)) v over [..., length, heads, head_dim] inputs, by autodiff-able jnp:
+    the reference for attention without bias or mask."""
+    s = jnp.einsum('...qhd,...khd->...hqk', q, k) / np.sqrt(q.shape[-1])
+    return jnp.einsum('...hqk,...khd->...qhd', jax.nn.softmax(s, axis=-1), v)
+
+
 def test_attention_is_the_textbook_formula():
     """Against a float64 numpy softmax(q k^T / sqrt(d)) v in the token-major layout, with keys and
     queries of different lengths (MViT's pooled keys)."""
@@ -64,16 +71,12 @@ def test_whole_attention_folds_unit_leading_axes_and_equals_the_formula(lead):
     k, v = (jnp.asarray(rng.normal(size=(*lead, m, heads, hd)), jnp.float32) for _ in range(2))
     cotangent = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
 
-    def formula(q, k, v):
-        s = jnp.einsum('...qhd,...khd->...hqk', q, k) / np.sqrt(hd)
-        return jnp.einsum('...hqk,...khd->...qhd', jax.nn.softmax(s, axis=-1), v)
-
     def trained(q, k, v):
         out, pullback = jax.vjp(lambda *a: attention(*a, None, None), q, k, v)
         return out, pullback(cotangent)
 
     out, grads = trained(q, k, v)
-    ref_out, ref_pullback = jax.vjp(formula, q, k, v)
+    ref_out, ref_pullback = jax.vjp(_formula, q, k, v)
     np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-6)
     for grad, ref in zip(grads, ref_pullback(cotangent)):
         assert grad.shape == ref.shape
@@ -191,14 +194,9 @@ def test_chunk_loops_cover_a_count_of_chunks_that_the_unroll_does_not_divide(mon
     monkeypatch.setattr(attention_kernel, 'CHUNK_BYTES', 2 * 5 * 5 * 4)
     plan = attention_kernel._chunk_plan((3, 2, 5, 5))
     assert attention_kernel._chunk_count((3, 2, 5, 5), plan) % attention_kernel.CHUNK_UNROLL
-
-    def formula(q, k, v):
-        s = jnp.einsum('bqhd,bkhd->bhqk', q, k) / 2.0
-        return jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(s, axis=-1), v)
-
     cotangent = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
     out, pullback = jax.vjp(lambda *a: attention(*a, None, None), q, k, v)
-    ref_out, ref_pullback = jax.vjp(formula, q, k, v)
+    ref_out, ref_pullback = jax.vjp(_formula, q, k, v)
     np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-6)
     for grad, ref in zip(pullback(cotangent), ref_pullback(cotangent)):
         np.testing.assert_allclose(grad, ref, rtol=1e-4, atol=1e-5)
@@ -252,9 +250,7 @@ def test_eval_in_query_rows_equals_the_forward_the_train_step_runs(monkeypatch, 
     assert 'while' in evaluate.lower(q).as_text()                # the loop over rows
     assert 'while' not in train_forward.lower(q).as_text()
     np.testing.assert_allclose(evaluate(q), train_forward(q), rtol=0, atol=1e-6)
-    formula = jnp.einsum('bqhd,bkhd->bhqk', q, k) / 2.0
-    formula = jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(formula, axis=-1), v)
-    np.testing.assert_allclose(evaluate(q), formula, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(evaluate(q), _formula(q, k, v), rtol=1e-5, atol=1e-6)
 
 
 def test_long_sequences_in_chunks_run_their_products_d_major():
