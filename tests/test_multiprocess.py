@@ -41,6 +41,8 @@ def test_two_processes_match_one(demo_data_dir, tmp_path):
     one = read_metrics(single)
     train_one = [m for m in one if m['split'] == 'train']
     assert [m['step'] for m in train_one] == [2, 4, 6, 8]
+    eval_one = one[-1]
+    assert eval_one['split'] == 'eval'
 
     for devices_per_process in (2, 1):
         multi = str(tmp_path / f'two_processes_of_{devices_per_process}')
@@ -53,8 +55,8 @@ def test_two_processes_match_one(demo_data_dir, tmp_path):
         assert [m['step'] for m in train_two] == [2, 4, 6, 8], devices_per_process
         np.testing.assert_allclose([m['loss'] for m in train_two],
                                    [m['loss'] for m in train_one], rtol=1e-5)
-        eval_one, eval_two = one[-1], two[-1]
-        assert eval_one['split'] == eval_two['split'] == 'eval'
+        eval_two = two[-1]
+        assert eval_two['split'] == 'eval'
         # 20 eval videos over batches of 8 split across hosts: each counted exactly once.
         assert eval_one['num_videos'] == eval_two['num_videos'] == 20
         np.testing.assert_allclose(eval_two['loss'], eval_one['loss'], rtol=1e-5)
