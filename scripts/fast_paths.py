@@ -69,6 +69,8 @@ def compare(config_name, field, value, size, rounds, steps, peaks):
                 if dtype not in peaks:
                     peaks[dtype] = benchmark.matmul_peak(dtype)
                 runs[side].append(benchmark.benchmark(config, 1, mode, 1, steps, peaks[dtype]))
+        # one MFU denominator for both sides: the fastest matmul reading of the mode's runs
+        peak = max(r['peak']['flops_per_sec'] for results in runs.values() for r in results)
         summary = {}
         for side, results in runs.items():
             times = [t for r in results for t in r['step_s_all']]
@@ -77,7 +79,7 @@ def compare(config_name, field, value, size, rounds, steps, peaks):
                 'step_s_median': median, 'step_s_min': min(times),
                 'compile_s': statistics.median(r['compile_s'] for r in results),
                 'xla_compile_s': statistics.median(r['xla_compile_s'] for r in results),
-                'mfu': 2 * results[0]['macs_per_step'] / median / results[0]['peak']['flops_per_sec'],
+                'mfu': 2 * results[0]['macs_per_step'] / median / peak,
                 'peak_memory_bytes_xla': results[0]['peak_memory_bytes_xla']}
         rows.append({'config': config_name, 'size': size, 'mode': mode, 'field': field,
                      'reference_value': reference, 'value': value, **summary,
