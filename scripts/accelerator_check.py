@@ -152,7 +152,8 @@ def speed_runs(smoke: bool) -> list[tuple[str, str, dict]]:
 def markdown(result: dict) -> str:
     lines = [f"Device: {result['device']} x{result['devices']}, jax {result['jax']}; bf16 matmul "
              f"peak {result['peak']['flops_per_sec'] / 1e12:.1f} TFLOP/s "
-             f"({result['peak']['size']}^2).", '',
+             f"({result['peak']['size']}^2) before the runs; each run's MFU divides by the faster "
+             "of it and a reading after that run's steps.", '',
              '| parity case | family | max abs err | atol | passed |', '|---|---|---|---|---|']
     lines += [f"| {r['case']} | {r['family']} | error: {r['error'][:80]} | | NO |" if 'error' in r
               else f"| {r['case']} | {r['family']} | {r['max_abs_err']:.2e} | {r['atol']:.0e} | "
