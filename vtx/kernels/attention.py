@@ -206,7 +206,9 @@ CHUNK_BYTES = 4 << 20
 # together. Video Swin-T 32x224 on 2 cores of an Intel Xeon with AVX-512, one process per version
 # alternated (docs/performance.md, "Two chunks an iteration"), 1 -> 2: train step 4.052, 4.115,
 # 4.147, 4.160 -> 3.978, 4.062, 4.058, 4.002 s, eval 1.266, 1.230, 1.214, 1.190 -> 1.224, 1.216,
-# 1.154, 1.159 s; 4 chunks an iteration no faster than 2 and 2 s longer to compile.
+# 1.154, 1.159 s; 4 chunks an iteration no faster than 2 and 2 s longer to compile. On 2 cores of
+# an AMD EPYC (Zen 5) the train step ran about 3% slower with 2 than with 1 (medians of six rounds
+# 2.25 against 2.19 s; eval level): 2 is kept for the Xeon, the official baseline's host kind.
 CHUNK_UNROLL = 2
 _whole = False   # set by `unchunked`
 
