@@ -29,7 +29,7 @@ import jax  # noqa: E402
 from vtx import config as vtx_config  # noqa: E402
 from vtx import cli, report  # noqa: E402
 from vtx.errors import VtxError  # noqa: E402
-from vtx.kernels import attention  # noqa: E402
+from vtx.kernels import backend  # noqa: E402
 
 # One config per family at the size its paper trains (the zoo's full-size representatives).
 ZOO = ('swin_tiny_patch244_window877_kinetics400_1k', 'swin_base_patch244_window877_kinetics400_1k',
@@ -52,9 +52,10 @@ def train_step_bytes(config, per_device_batch: int, devices) -> int:
     batch = per_device_batch * built.mesh.shape['data']
     fn, args = report.step_call(built, 'train', built.abstract_state,
                                 report._abstract_batch(built.config, batch))
-    # The table estimates accelerators, where attention never runs in CPU-sized chunks: trace it
-    # whole here too, or large attention (Swin's, 236 MB of scores a clip) would look smaller.
-    with attention.unchunked():
+    # The table estimates accelerators, where attention never runs in CPU-sized chunks: trace every
+    # kernel in its accelerator form, or large attention (Swin's, 236 MB of scores a clip) would
+    # look smaller.
+    with backend.accelerator_forms():
         return report.peak_memory_bytes(fn.lower(*args).compile())
 
 

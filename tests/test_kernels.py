@@ -11,6 +11,7 @@ import pytest
 
 from vtx.errors import VtxError
 from vtx.kernels import attention as attention_kernel
+from vtx.kernels import backend, patches
 from vtx.kernels.attention import (attention, attention_with_weights, dot_product_attention,
                                    sum_to_shape)
 from vtx.kernels.pooling import _weight_gradient, max_pool, shifted_sum_conv
@@ -205,13 +206,14 @@ def test_chunk_loops_cover_a_count_of_chunks_that_the_unroll_does_not_divide(mon
 def test_which_attention_runs_in_chunks():
     """The measured rule (see CHUNK_ABOVE): on CPU, long sequences (Video Swin's 392-token
     windows) chunk from 16 MiB of scores, in chunks of whole heads; ViT's 197 tokens stay whole
-    up to 64 MiB; nothing chunks under `unchunked` (the accelerator memory table)."""
+    up to 64 MiB; nothing chunks under `backend.accelerator_forms` (the accelerator memory
+    table)."""
     assert attention_kernel._chunk_plan((1, 2, 64, 3, 392, 392)) == (2, 2)    # Swin-T stage 1
     assert attention_kernel._chunk_plan((1, 2, 4, 12, 392, 392)) == (3, 6)    # stage 3
     assert attention_kernel._chunk_plan((1, 2, 1, 24, 392, 392)) == (3, 6)    # stage 4, 28 MiB
     assert attention_kernel._chunk_plan((16, 12, 197, 197)) is None           # XViT-B, 28 MiB
     assert attention_kernel._chunk_plan((64, 12, 197, 197)) == (0, 2)         # 114 MiB
-    with attention_kernel.unchunked():
+    with backend.accelerator_forms():
         assert attention_kernel._chunk_plan((1, 2, 64, 3, 392, 392)) is None
 
 
@@ -219,14 +221,14 @@ def test_which_eval_attention_runs_in_query_rows():
     """The measured rule (see `_query_rows`): MViT's pooled attention, whole in `_chunk_plan`
     because one head's scores exceed a chunk, runs its eval in query rows from the same threshold
     (MViT-B 16x224 blocks 0-3), in chunks of about CHUNK_BYTES; smaller scores, attention that
-    `_chunk_plan` loops over and anything under `unchunked` do not."""
+    `_chunk_plan` loops over and anything under `backend.accelerator_forms` do not."""
     assert attention_kernel._chunk_plan((1, 1, 25089, 393)) is None
     assert attention_kernel._query_rows((1, 1, 25089, 393)) == 2509      # MViT-B block 0, 39 MB
     assert attention_kernel._query_rows((1, 2, 6273, 1569)) == 331       # block 1, 79 MB
     assert attention_kernel._query_rows((1, 2, 6273, 393)) == 1255       # block 2, 20 MB
     assert attention_kernel._query_rows((1, 4, 1569, 393)) is None       # blocks 4-13, 10 MB
     assert attention_kernel._query_rows((1, 2, 64, 3, 392, 392)) is None  # Swin-T, `_chunk_plan`
-    with attention_kernel.unchunked():
+    with backend.accelerator_forms():
         assert attention_kernel._query_rows((1, 1, 25089, 393)) is None
 
 
@@ -257,7 +259,7 @@ def test_long_sequences_in_chunks_run_their_products_d_major():
     """The measured rule (see `_over_head_dim`): Video Swin's 392-token windows run q k^T (and
     dO v^T) from d-major copies, behind an optimization barrier; MViT's pooled attention (whole)
     runs its backward's dO v^T so; ViT's 197 tokens, in chunks or whole, and anything under
-    `unchunked` keep the plain products."""
+    `backend.accelerator_forms` keep the plain products."""
     def barriers(q_shape, k_shape):
         q, k = (jax.ShapeDtypeStruct(shape, jnp.float32) for shape in (q_shape, k_shape))
         train = jax.jit(lambda q, k: jax.grad(lambda q: attention(q, k, k, None, None).sum())(q))
@@ -269,7 +271,7 @@ def test_long_sequences_in_chunks_run_their_products_d_major():
     assert barriers((8, 197, 12, 64), (8, 197, 12, 64)) == 0                   # ViT, whole
     assert attention_kernel._chunk_plan((8, 12, 197, 197)) is None
     assert barriers((1, 25088, 1, 96), (1, 392, 1, 96)) == 1                    # MViT-B block 0
-    with attention_kernel.unchunked():
+    with backend.accelerator_forms():
         assert barriers(*swin) == 0
         assert barriers((1, 25088, 1, 96), (1, 392, 1, 96)) == 0
 
@@ -350,6 +352,46 @@ def test_shifted_sum_conv_refuses_a_dense_convolution():
     x, w = jnp.zeros((1, 4, 4, 4, 3)), jnp.zeros((3, 3, 3, 3, 3))
     with pytest.raises(VtxError, match='depthwise'):
         shifted_sum_conv(x, w, (1, 1, 1), [(1, 1)] * 3, feature_group_count=1)
+
+
+# --------------------------------------------------------------------------- patch embeddings
+
+@pytest.mark.parametrize('shape,kernel,strides,padding', [
+    ((2, 5, 10, 9, 3), (2, 4, 4), (2, 4, 4), 'VALID'),               # Video Swin/TPS; remainders
+    ((2, 9, 10, 3), (4, 4), (4, 4), 'VALID'),                         # the ViTs' 2D patches
+    ((1, 4, 13, 12, 3), (3, 7, 7), (2, 4, 4), [(1, 1), (3, 3), (3, 3)]),   # MViT: overlapping
+    ((1, 5, 9, 8, 2), (3, 5, 2), (2, 3, 2), [(1, 0), (2, 3), (0, 1)])])    # uneven padding
+def test_patch_embedding_matmul_is_the_convolution(shape, kernel, strides, padding):
+    """nn.Conv with `patches.conv_general_dilated`: the same parameters as with its own
+    convolution, the same output and gradients (input and parameters) up to float rounding, and
+    on CPU no convolution left in the program."""
+    x = jnp.asarray(np.random.default_rng(6).normal(size=shape), jnp.float32)
+
+    def conv(**implementation):
+        return nn.Conv(5, kernel, strides=strides, padding=padding, **implementation)
+
+    params = conv().init(jax.random.PRNGKey(0), x)
+    as_matmul = conv(conv_general_dilated=patches.conv_general_dilated)
+    jax.tree.map(np.testing.assert_array_equal, as_matmul.init(jax.random.PRNGKey(0), x), params)
+    reference, reference_vjp = jax.vjp(conv().apply, params, x)
+    out, vjp = jax.vjp(as_matmul.apply, params, x)
+    assert out.shape == reference.shape
+    np.testing.assert_allclose(out, reference, rtol=1e-5, atol=1e-5)
+    grad = jnp.asarray(np.random.default_rng(7).normal(size=out.shape), jnp.float32)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+                 vjp(grad), reference_vjp(grad))
+    assert 'conv_general_dilated' not in str(jax.make_jaxpr(as_matmul.apply)(params, x))
+    with backend.accelerator_forms():   # accelerators run the convolution itself
+        assert 'conv_general_dilated' in str(jax.make_jaxpr(as_matmul.apply)(params, x))
+
+
+def test_patch_embedding_matmul_refuses_what_it_does_not_compute():
+    x, w = jnp.zeros((1, 4, 8, 8, 4)), jnp.zeros((2, 2, 2, 2, 4))
+    with pytest.raises(VtxError, match='ungrouped'):
+        patches.conv_general_dilated(x, w, (2, 2, 2), 'VALID', feature_group_count=2)
+    with pytest.raises(VtxError, match='smaller than the window'):
+        patches.patch_matmul(jnp.zeros((1, 3, 3, 2)), jnp.zeros((4, 4, 2, 3)), (4, 4),
+                             ((0, 0),) * 2)
 
 
 # --------------------------------------------------------------------------- projections

@@ -4,6 +4,9 @@ parameters.
 
   attention         the attention every model shares (heads-first products, a hand-written VJP
                     that also sums a window-shared bias's gradient), and the choice of what runs it
+  backend           the switch between the kernels' CPU forms and accelerators' forms
+  patches           strided convolutions (every family's patch embedding) as one matmul over
+                    patches on CPU
   pooling           MViT's pooling conv, and its skip max pool's gradient, by strided slices
                     (`pool_implementation`)
   projection        query/key/value projections fused into one matmul (`fused_qkv`)

@@ -14,7 +14,6 @@ probabilities, where autodiff of the softmax kept several [..., N, N] tensors, a
 gradient of a bias broadcast over windows as a matmul with ones (XLA:CPU ran that reduction as a
 strided loop, 0.39 s per Swin-T stage-1 block).
 """
-import contextlib
 import math
 from typing import NamedTuple
 
@@ -22,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from vtx.errors import VtxError
+from vtx.kernels import backend
 
 # 'xla': `attention` (float32 softmax, bias, mask, dropout). 'jax':
 # `jax.nn.dot_product_attention` with its XLA implementation (what it picks when not told; it
@@ -116,7 +116,7 @@ def _over_head_dim(a, b, dtype=None, d_major: bool = False):
     train step 4.425 -> 4.387 s.
     Short sequences (ViT's 197 tokens, TPS's 49) were no faster or slower that way and keep the
     plain product. Long attention that runs whole (most of MViT's) runs d-major in its backward
-    only, on CPU outside `unchunked`: on the AMD host d-major forward and backward made
+    only, where `backend.cpu_forms()`: on the AMD host d-major forward and backward made
     STTS-MViT's train step slower; on 2 cores of an Intel Xeon with AVX-512, d-major in the
     backward alone took MViT-B's train step from 3.251 to 3.125 s median, faster in every one of
     10 alternated pairs, and left STTS-MViT's level (docs/performance.md, "Attention's leading
@@ -210,19 +210,6 @@ CHUNK_BYTES = 4 << 20
 # an AMD EPYC (Zen 5) the train step ran about 3% slower with 2 than with 1 (medians of six rounds
 # 2.25 against 2.19 s; eval level): 2 is kept for the Xeon, the official baseline's host kind.
 CHUNK_UNROLL = 2
-_whole = False   # set by `unchunked`
-
-
-@contextlib.contextmanager
-def unchunked():
-    """Within it, attention is traced whole on every backend, as an accelerator runs it (e.g. to
-    read an accelerator step's memory off a CPU compilation)."""
-    global _whole
-    before, _whole = _whole, True
-    try:
-        yield
-    finally:
-        _whole = before
 
 
 def _long(scores_shape) -> bool:
@@ -230,17 +217,11 @@ def _long(scores_shape) -> bool:
     return math.prod(scores_shape[-2:]) * 4 > LONG_HEAD_SCORES
 
 
-def _cpu_layouts() -> bool:
-    """Whether attention takes its CPU-only forms (chunks, d-major products): on CPU, outside
-    `unchunked`."""
-    return not _whole and jax.default_backend() == 'cpu'
-
-
 def _over_threshold(scores_shape) -> bool:
     """Whether attention with these heads-first scores is large enough to run in chunks on this
-    backend: where `_cpu_layouts`, with fixed sizes, over LONG_CHUNK_ABOVE of scores for long
+    backend: where `backend.cpu_forms()`, with fixed sizes, over LONG_CHUNK_ABOVE of scores for long
     sequences (`_long`) and CHUNK_ABOVE for the others."""
-    if (not _cpu_layouts()
+    if (not backend.cpu_forms()
             or not all(isinstance(n, int) for n in scores_shape)):   # symbolic (exported) batch
         return False
     return math.prod(scores_shape) * 4 > (LONG_CHUNK_ABOVE if _long(scores_shape) else CHUNK_ABOVE)
@@ -470,7 +451,7 @@ def _attention_backward(residuals, do):
     if plan is None:   # inputs heads-first (leading axes folded where `_folds`), as kept
         do = _swap_heads(do)
         lead = do.shape[:-2]
-        d_major = _cpu_layouts() and _long(scores_shape)
+        d_major = backend.cpu_forms() and _long(scores_shape)
         dq, dk, dv, ds = _heads_first_backward(*inputs, o, p, do.reshape(o.shape), d_major)
         dbias = None if bias is None else _bias_gradient(ds, bias.shape, bias.dtype)
         return tuple(_swap_heads(g.reshape(*lead, *g.shape[-2:])) for g in (dq, dk, dv)), dbias

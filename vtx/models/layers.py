@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vtx.kernels import patches
 from vtx.kernels.attention import attention_with_weights, dot_product_attention
 from vtx.kernels.projection import dense_projections, over_rows
 
@@ -187,7 +188,7 @@ class PatchEmbed(nn.Module):
         patch = tuple(self.patch_size)
         return nn.Conv(
             self.embed_dim, kernel_size=patch, strides=patch, padding='VALID', dtype=self.dtype,
-            name='proj',
+            name='proj', conv_general_dilated=patches.conv_general_dilated,
             kernel_init=nn.with_logical_partitioning(
                 nn.initializers.lecun_normal(), (None,) * len(patch) + ('channels', 'embed')),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(x)

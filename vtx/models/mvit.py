@@ -24,7 +24,7 @@ import numpy as np
 
 from vtx.errors import VtxError
 from vtx.kernels.attention import dot_product_attention
-from vtx.kernels import pooling
+from vtx.kernels import patches, pooling
 from vtx.models import layers
 from vtx.models.token_selection import (SpatialWindowSelection, TemporalSelection,
                                         top_k_sigma)
@@ -264,7 +264,7 @@ class MViT(nn.Module):
                             self.selection_sigma_decay)
         x = nn.Conv(self.embed_dim, tuple(self.patch_kernel), strides=tuple(self.patch_stride),
                     padding=[(p, p) for p in self.patch_padding], dtype=self.dtype,
-                    name='patch_embed',
+                    name='patch_embed', conv_general_dilated=patches.conv_general_dilated,
                     kernel_init=nn.with_logical_partitioning(
                         nn.initializers.lecun_normal(), (None, None, None, 'channels', 'embed')),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(
