@@ -42,21 +42,28 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None
             rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
             feature_group_count=feature_group_count, precision=precision,
             preferred_element_type=preferred_element_type)
-    ndim = lhs.ndim
-    channels_last = ((0, ndim - 1, *range(1, ndim - 1)), (ndim - 1, ndim - 2, *range(ndim - 2)))
-    dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-    if (feature_group_count != 1 or dilated or rhs.shape[-2] != lhs.shape[-1]
+    if (feature_group_count != 1 or rhs.shape[-2] != lhs.shape[-1]
             or (isinstance(padding, str) and padding != 'VALID')
-            or (dimension_numbers is not None
-                and tuple(dimension_numbers) != (*channels_last, channels_last[0]))):
+            or not channels_last_undilated(lhs.ndim, dimension_numbers, lhs_dilation,
+                                           rhs_dilation)):
         raise VtxError('patches.conv_general_dilated runs undilated, ungrouped, channels-last '
                        "convolutions with 'VALID' or explicit padding as a matmul; got lhs "
                        f'{lhs.shape}, rhs {rhs.shape}, groups {feature_group_count}, padding '
                        f'{padding}, dilation {lhs_dilation} / {rhs_dilation}')
     if isinstance(padding, str):
-        padding = [(0, 0)] * (ndim - 2)
+        padding = [(0, 0)] * (lhs.ndim - 2)
     return patch_matmul(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding),
                         precision=precision, preferred_element_type=preferred_element_type)
+
+
+def channels_last_undilated(ndim: int, dimension_numbers, lhs_dilation, rhs_dilation) -> bool:
+    """Whether a `conv_general_dilated` call of rank `ndim`, as nn.Conv makes it, is channels-last
+    ([N, *spatial, C] input and output, [*kernel, C_in, C_out] kernel) and undilated: the form
+    vtx's convolution kernels take (`conv_general_dilated`, `pooling.shifted_sum_conv`)."""
+    channels_last = ((0, ndim - 1, *range(1, ndim - 1)), (ndim - 1, ndim - 2, *range(ndim - 2)))
+    dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+    return not dilated and (dimension_numbers is None
+                            or tuple(dimension_numbers) == (*channels_last, channels_last[0]))
 
 
 def patch_matmul(x, kernel, strides, padding, *, precision=None, preferred_element_type=None):
@@ -87,7 +94,6 @@ def patch_matmul(x, kernel, strides, padding, *, precision=None, preferred_eleme
         rows.append(kernel[tuple(slice(o * s, o * s + i)
                                  for o, s, i in zip(offset, strides, inner))]
                     .reshape(-1, kernel.shape[-1]))
-    fields = fields[0] if len(fields) == 1 else jnp.concatenate(fields, axis=-1)
-    rows = rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=0)
-    return jnp.einsum('...k,kf->...f', fields, rows, precision=precision,
+    return jnp.einsum('...k,kf->...f', jnp.concatenate(fields, axis=-1),
+                      jnp.concatenate(rows, axis=0), precision=precision,
                       preferred_element_type=preferred_element_type)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vtx.errors import VtxError
+from vtx.kernels import patches
 
 
 def shifted_sum_conv(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
@@ -28,13 +29,11 @@ def shifted_sum_conv(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rh
     explicit (low, high) padding per spatial axis, no dilation. `precision` has nothing to act
     on: every product is elementwise.
     """
-    channels, ndim = lhs.shape[-1], lhs.ndim
-    channels_last = ((0, ndim - 1, *range(1, ndim - 1)), (ndim - 1, ndim - 2, *range(ndim - 2)))
-    dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-    if (rhs.shape[-2:] != (1, channels) or feature_group_count != channels or dilated
+    channels = lhs.shape[-1]
+    if (rhs.shape[-2:] != (1, channels) or feature_group_count != channels
             or isinstance(padding, str)
-            or (dimension_numbers is not None
-                and tuple(dimension_numbers) != (*channels_last, channels_last[0]))):
+            or not patches.channels_last_undilated(lhs.ndim, dimension_numbers, lhs_dilation,
+                                                   rhs_dilation)):
         raise VtxError('shifted_sum_conv computes undilated, explicitly padded, channels-last '
                        f'depthwise convolutions only; got lhs {lhs.shape}, rhs {rhs.shape}, '
                        f'groups {feature_group_count}, padding {padding}')
