@@ -10,11 +10,11 @@ whose inner part is contiguous. The kernel's rows are put in the order the field
 product is one the convolution makes (the kernel is not padded to whole blocks), so the MACs,
 and with them `vtx.report`'s counts and the benchmark's MFU, are the convolution's.
 
-On 2 cores of an AMD EPYC (Zen 5) whose 2048^2 matmul ran at 403-476 GFLOP/s, convolution ->
-matmul: Video Swin's 2x4x4 patches of a 32x224x224 clip 20.4 -> 6.2 ms (57.5 -> 24.7 ms with the
-weight gradient), MViT's overlapping 3x7x7 convolution at stride 2x4x4 43.0 -> 14.2 ms (130.2 ->
-30.7 ms); MViT-B's train step 1.61 -> 1.52 s, its eval 0.46 -> 0.44 s (docs/performance.md,
-"Patch embeddings as one matmul").
+On 2 cores of an AMD EPYC (Zen 5), XLA's 2048^2 matmul at 403-476 GFLOP/s (torch's 167-232 in
+the runs around), convolution -> matmul: Video Swin's 2x4x4 patches of a 32x224x224 clip 20.4 ->
+6.2 ms (57.5 -> 24.7 ms with the weight gradient), MViT's overlapping 3x7x7 convolution at stride
+2x4x4 43.0 -> 14.2 ms (130.2 -> 30.7 ms); MViT-B's train step 1.61 -> 1.52 s, its eval 0.46 ->
+0.44 s (docs/performance.md, "Patch embeddings as one matmul").
 """
 import itertools
 import math
