@@ -126,7 +126,7 @@ def markdown_row(row) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
     parser.add_argument('--baseline', default=os.path.join(REPO, '..', 'shared', 'perf',
                                                            'official_cpu_baseline.md'))
     parser.add_argument('--sizes', default='full,small')

@@ -16,7 +16,7 @@ VARIANTS = (('TokShift (`configs/demo.py`)', 'token_shift'),
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
     parser.add_argument('--workdir_root', default=os.path.join(REPO, 'workdirs', 'demo_report'))
     args, extra = parser.parse_known_args()
     os.makedirs(args.workdir_root, exist_ok=True)

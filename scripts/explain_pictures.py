@@ -75,7 +75,7 @@ def random_tiny_stts(config_file: str, folder: str) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
     parser.add_argument('--tokshift', required=True, help="the demo TokShift's workdir")
     parser.add_argument('--baseline', required=True, help="the demo video-ViT baseline's workdir")
     parser.add_argument('--out', default=os.path.join(REPO, 'docs', 'images'))

@@ -120,7 +120,7 @@ def write_costs(path: str, reports: dict) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
     parser.add_argument('configs', nargs='*', help='config files (default: every zoo config)')
     parser.add_argument('--full', default=os.environ.get(
         'VTX_PARITY_FULL', os.path.join(REPO, '..', 'shared', 'parity', 'full')),

@@ -110,7 +110,7 @@ def format_text(result: dict) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
     parser.add_argument('--full', default=os.environ.get(
         'VTX_PARITY_FULL', os.path.join(REPO, '..', 'shared', 'parity', 'full')))
     parser.add_argument('--json', action='store_true')

@@ -59,7 +59,7 @@ def seconds_per_view(model, video, compiled, repeats: int) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
     stts_zoo = [e.config for e in families.zoo_entries(*STTS_FAMILIES)]
     parser.add_argument('configs', nargs='*', default=stts_zoo, help='config modules (configs/)')
     parser.add_argument('--full', default=os.path.join(REPO, '..', 'shared', 'parity', 'full'),

@@ -23,7 +23,7 @@ from vtx import xla_flags  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
     parser.add_argument('--config', default='stts_mvit_t0_0p6_s4_0p9')
     parser.add_argument('--ratios', default='1.0/1.0,0.9/0.9,0.8/0.9,0.6/0.9,0.5/0.7,0.4/0.6',
                         help='comma-separated time/space keep ratios')

@@ -247,7 +247,8 @@ def parse_overrides(argv):
 def main(argv=None):
     import argparse
     overrides, rest = parse_overrides(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog='vtx-report', description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog='vtx-report',
+                                     description=' '.join(__doc__.split('\n\n')[0].split()))
     parser.add_argument('--config', required=True, help='a config file (configs/X.py)')
     parser.add_argument('--batch', type=cli.number(minimum=1), default=1,
                         help='batch size for the memory analysis')
