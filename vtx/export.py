@@ -1,4 +1,4 @@
-"""Command line: write a trained or converted model as a self-contained serving artefact.
+r"""Command line: write a trained or converted model as a self-contained serving artefact.
 
     vtx-export --config NAME|FILE --checkpoint DIR --format stablehlo|savedmodel \
         --out PATH [--config.a.b=v ...] [--platforms cpu,cuda,tpu] [--output logits|features]

@@ -1,4 +1,4 @@
-"""Command line: classify video files, or write their embeddings, with a zoo, converted or
+r"""Command line: classify video files, or write their embeddings, with a zoo, converted or
 trained model.
 
     vtx-predict --model NAME [--config.a.b=v ...] VIDEO [VIDEO ...]

@@ -35,7 +35,8 @@ def read_rows(list_path: str, frames_root: str, names=None):
 
 @cli.command
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='vtx-shards-from-frames', description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog='vtx-shards-from-frames',
+                                     description=' '.join(__doc__.split('\n\n')[0].split()))
     parser.add_argument('--list', required=True)
     parser.add_argument('--frames_root', default='')
     parser.add_argument('--class_names', default='')

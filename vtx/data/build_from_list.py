@@ -1,4 +1,4 @@
-"""Shards from a SlowFast / XViT-style list: one `path label` line per video (integer label).
+r"""Shards from a SlowFast / XViT-style list: one `path label` line per video (integer label).
 
     vtx-shards-from-list --list val.csv --video_root /kinetics --output_dir /shards \
         --class_names classes.txt
@@ -30,7 +30,8 @@ def read_rows(list_path: str, video_root: str, names=None, separator=None):
 
 @cli.command
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='vtx-shards-from-list', description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog='vtx-shards-from-list',
+                                     description=' '.join(__doc__.split('\n\n')[0].split()))
     parser.add_argument('--list', required=True)
     parser.add_argument('--video_root', default='', help="SlowFast's PATH_PREFIX")
     parser.add_argument('--separator', default=None,

@@ -229,7 +229,8 @@ def ensure(data_config) -> None:
 
 @cli.command
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='vtx-demo-data', description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog='vtx-demo-data',
+                                     description=' '.join(__doc__.split('\n\n')[0].split()))
     defaults = MotionSpec()
     parser.add_argument('--out', required=True, help='output folder')
     parser.add_argument('--num_train', type=cli.number(minimum=1), default=2000)
