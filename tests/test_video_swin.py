@@ -204,3 +204,36 @@ def test_attention_vjp_equals_autodiff_of_the_formula(with_mask):
     np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(dqkv, ref_dqkv, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(dbias, ref_dbias, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('padded_d,win_d,shift_d', [(8, 4, 2), (4, 4, 2), (12, 4, 1)])
+def test_last_temporal_window_apart_is_the_masked_attention(padded_d, win_d, shift_d):
+    """On CPU a shifted block's last windows along D attend as their two temporal regions (the
+    tokens either side of the cut) instead of through the -100 mask: output and gradients (qkv,
+    bias) equal the masked windows' formula to rounding, with nD = 2, 1 and 3 windows along D and
+    regions of equal and unequal length; the masked and spatially shifted pairs stay masked."""
+    rng = np.random.default_rng(3)
+    win, shift, heads, hd = (win_d, 3, 3), (shift_d, 1, 1), 2, 4
+    padded = (padded_d, 6, 3)
+    n = math.prod(win)
+    windows = (padded_d // win_d, 2 * 1)
+    qkv = jnp.asarray(rng.normal(size=(1, *windows, n, 3, heads, hd)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(heads, n, n)), jnp.float32)
+    mask = video_swin.shift_mask(padded, win, shift)
+    cotangent = jnp.asarray(rng.normal(size=(1, *windows, n, heads, hd)), jnp.float32)
+
+    def formula(qkv, bias):
+        q, k, v = (qkv[..., i, :, :] for i in range(3))
+        s = jnp.einsum('...qhd,...khd->...hqk', q, k) / math.sqrt(hd) + bias + mask.additive()
+        return jnp.einsum('...hqk,...khd->...qhd', jax.nn.softmax(s, axis=-1), v)
+
+    def apart(qkv, bias):
+        return video_swin.last_temporal_window_apart(
+            lambda x, bias, mask: attention(*(x[..., i, :, :] for i in range(3)), bias, mask),
+            qkv, bias, mask, (win_d - shift_d) * n // win_d)
+
+    out, pullback = jax.vjp(apart, qkv, bias)
+    ref_out, ref_pullback = jax.vjp(formula, qkv, bias)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-6)
+    for grad, ref in zip(pullback(cotangent), ref_pullback(cotangent)):
+        np.testing.assert_allclose(grad, ref, rtol=1e-4, atol=1e-5)

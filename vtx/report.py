@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from vtx import config as vtx_config
 from vtx import cli, sharding, steps, xla_flags
 from vtx.errors import VtxError
+from vtx.kernels import backend
 from vtx.models import IMPLEMENTATION_FIELDS
 
 MODES = ('forward', 'train')
@@ -147,16 +148,25 @@ def traced_macs(fn, args, params) -> dict:
 
 
 def model_macs(config, batch: int, mode: str) -> int:
-    """MACs of one `mode` step with every fast path at its reference: the model's work, for MFU.
-    They are counted on the traced program, which is the same on any mesh: one device is used."""
+    """MACs of one `mode` step with every fast path at its reference: the model's work, for MFU."""
     config = copy.deepcopy(config)
     for field, value in IMPLEMENTATION_FIELDS.items():
         if field in config.model:
             config.model[field] = value
-    built = build_steps(config, jax.devices()[:1])
-    state = built.abstract_state
-    fn, args = step_call(built, mode, state, _abstract_batch(built.config, batch))
-    return traced_macs(fn, args, state.params)['macs']
+    return counted_macs(config, batch, mode)['macs']
+
+
+def counted_macs(config, batch: int, mode: str) -> dict:
+    """`traced_macs` of one `mode` step of `config`, traced on one device (the program is the same
+    on any mesh) in the forms accelerators run (`backend.accelerator_forms`). The CPU forms do the
+    same work except where they leave out what the official model computes and discards (Video
+    Swin's masked pairs across temporal regions, `video_swin.last_temporal_window_apart`), so
+    these are the model's MACs on every backend."""
+    with backend.accelerator_forms():
+        built = build_steps(config, jax.devices()[:1])
+        state = built.abstract_state
+        fn, args = step_call(built, mode, state, _abstract_batch(built.config, batch))
+        return traced_macs(fn, args, state.params)
 
 
 def step_costs(fn, args, params, mode: str, compile: bool = True):
@@ -192,7 +202,7 @@ def analyse(config, batch: int = 1, modes=MODES, compile_modes=MODES) -> dict:
     Modes not in `compile_modes` are costed on the unoptimised HLO (see `step_costs`).
     """
     built = build_steps(config, jax.devices()[:1])
-    config, state = built.config, built.abstract_state
+    given, config, state = config, built.config, built.abstract_state
     d = config.data
     out = {'model': config.model.name, 'dtype': str(config.model.get('dtype', 'float32')),
            'input_shape_per_view': list(steps.input_shape(config, 1)), 'batch': batch,
@@ -203,6 +213,8 @@ def analyse(config, batch: int = 1, modes=MODES, compile_modes=MODES) -> dict:
     for mode in modes:
         fn, args = step_call(built, mode, state, _abstract_batch(config, batch))
         _, costs = step_costs(fn, args, state.params, mode, compile=mode in compile_modes)
+        counted = counted_macs(given, batch, mode)   # the model's, where the CPU forms do less
+        costs.update({k: v for k, v in counted.items() if k in costs})
         costs['compiled'] = mode in compile_modes
         out[mode] = {(k if k in per_batch else k + '_per_view'): (v if k in per_batch else v / batch)
                      for k, v in costs.items()}

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vtx.errors import VtxError
+from vtx.kernels import backend
 from vtx.kernels.attention import SegmentMask, dot_product_attention
 from vtx.models import layers
 from vtx.models.token_selection import TemporalSelection, top_k_sigma
@@ -89,6 +90,35 @@ def relative_position_index(window: Sequence[int], coords_window: Optional[Seque
     return rel[0] * (2 * wh - 1) * (2 * ww - 1) + rel[1] * (2 * ww - 1) + rel[2]
 
 
+def last_temporal_window_apart(attend, qkv, bias, mask: SegmentMask, cut: int):
+    """`attend(qkv, bias=bias, mask=mask)` for windows shifted along D: the last window along D
+    holds two temporal regions of `shift_mask`, its first `cut` tokens (frames P - win .. P -
+    shift) and the rest, and here each attends as a window of its own instead of through the
+    mask. qkv [B, nD, nS, N, 3, heads, head_dim]; bias [..., N, N].
+
+    The mask adds -100 to every score across regions, which leaves those weights about e^-100 of
+    the row's own (below float32's resolution while the scores lie within ~80 of each other), so
+    leaving them out changes the output by rounding only. What it saves is the work: Video
+    Swin's last temporal windows are half of a shifted block's windows at 16 frame tokens and
+    split 4 + 4 frames, so a shifted block's attention does 3/4 of the products. Tokens run (d, h,
+    w) row-major, so the regions are the two runs of tokens either side of `cut`, and the bias
+    between two tokens of one region is the block of the whole window's at their positions.
+    Where it runs: `backend.cpu_forms()` (accelerators keep the masked windows); the MACs that
+    `vtx.report` counts for MFU are the masked windows', the official model's work."""
+    ids = mask.query_ids, mask.key_ids
+
+    def windows(d, tokens):
+        return attend(qkv[:, d][..., tokens, :, :, :], bias=bias[..., tokens, tokens],
+                      mask=SegmentMask(*(i[d][..., tokens] for i in ids), mask.value))
+
+    last = slice(-1, None)
+    out = jnp.concatenate([windows(last, slice(None, cut)), windows(last, slice(cut, None))],
+                          axis=-3)
+    if qkv.shape[1] == 1:
+        return out
+    return jnp.concatenate([windows(slice(None, -1), slice(None)), out], axis=1)
+
+
 # --------------------------------------------------------------------------- modules
 
 class WindowAttention(nn.Module):
@@ -98,7 +128,9 @@ class WindowAttention(nn.Module):
     (additive, or a SegmentMask) broadcasts against [nD, nS, heads, N, N]. Subclasses change the
     bias (`position_bias`) and may mix tokens across windows before the projection and after
     attention. The attention itself is `vtx.kernels.attention.packed_attention` of the qkv
-    projection, whose hand-written VJP serves the train step.
+    projection, whose hand-written VJP serves the train step. `shift` is the block's window shift
+    (d, h, w): shifted along D, the last temporal windows' two regions attend apart on CPU
+    (`last_temporal_window_apart`; not under attention dropout, whose one draw serves one call).
     """
     num_heads: int
     window_size: Sequence[int]
@@ -120,7 +152,7 @@ class WindowAttention(nn.Module):
         return o
 
     @nn.compact
-    def __call__(self, x, win, mask=None, deterministic: bool = True):
+    def __call__(self, x, win, mask=None, deterministic: bool = True, shift=(0, 0, 0)):
         *lead, n, dim = x.shape
         head_dim = dim // self.num_heads
         dense = functools.partial(layers.dense, dtype=self.dtype,
@@ -132,10 +164,14 @@ class WindowAttention(nn.Module):
         qkv = qkv.reshape(*lead, n, 3, self.num_heads, head_dim)
         bias = self.position_bias(table, win, x.shape[1])
         dropping = self.attention_dropout_rate > 0 and not deterministic
-        o = dot_product_attention(
-            qkv, bias=bias, mask=mask,
-            dropout_rng=self.make_rng('dropout') if dropping else None,
+        attend = functools.partial(
+            dot_product_attention, dropout_rng=self.make_rng('dropout') if dropping else None,
             dropout_rate=self.attention_dropout_rate, deterministic=deterministic)
+        if shift[0] and isinstance(mask, SegmentMask) and backend.cpu_forms() and not dropping:
+            cut = (win[0] - shift[0]) * n // win[0]   # the last D window's first region's tokens
+            o = last_temporal_window_apart(attend, qkv, bias, mask, cut)
+        else:
+            o = attend(qkv, bias=bias, mask=mask)
         o = self.mix_output(o).reshape(*lead, n, dim)
         o = dense(dim, ('heads', 'embed'), name='proj')(o)
         return nn.Dropout(self.dropout_rate)(o, deterministic=deterministic)
@@ -182,7 +218,7 @@ class SwinBlock(nn.Module):
             y = jnp.roll(y, [-s for s in self.shift], axis=(1, 2, 3))
         mask = shift_mask(padded, self.win, self.shift) if shifted else None
         y = self.attention(name='attn')(window_partition(y, self.win), self.win, mask,
-                                        deterministic)
+                                        deterministic, self.shift)
         y = window_reverse(y, self.win, padded)
         if shifted:
             y = jnp.roll(y, list(self.shift), axis=(1, 2, 3))
