@@ -6,10 +6,13 @@ Nothing is materialised: the model, the train state and the batch are abstract s
 numbers come from lowering and compiling the jitted functions that `vtx.steps.build` makes for
 the trainer (`train_step`) and for serving (`forward`), on one device for the whole batch:
 - `xla_flops`: the compiled executable's cost analysis. XLA counts 2 FLOPs per multiply-add
-  and 1 per elementwise op (softmax, norms, GELU, adds), so it is above 2 x MACs.
+  and 1 per elementwise op (softmax, norms, GELU, adds), so it is above 2 x MACs where the
+  program compiled here does the model's work; on CPU Video Swin's leaves out the masked pairs
+  across temporal regions (`video_swin.last_temporal_window_apart`).
 - `macs`: multiply-accumulates of every matmul and convolution (`dot_general`,
-  `conv_general_dilated`) in the traced program, counted from their shapes. This is the
-  convention of the papers' "GFLOPs" (fvcore/mmcv count MACs of matmuls and convs).
+  `conv_general_dilated`) in the program traced in the accelerators' forms (`counted_macs`),
+  counted from their shapes: the model's work on every backend. This is the convention of the
+  papers' "GFLOPs" (fvcore/mmcv count MACs of matmuls and convs).
 - `macs_excluding_attention`: the same without the matmuls between two activations (attention
   scores q k^T and the weighted sum of v): TokShift's published convention.
 - peak memory: XLA's memory analysis of the compiled step for the given batch (arguments +
@@ -169,9 +172,10 @@ def counted_macs(config, batch: int, mode: str) -> dict:
         return traced_macs(fn, args, state.params)
 
 
-def step_costs(fn, args, params, mode: str, compile: bool = True):
+def step_costs(fn, args, params, mode: str, compile: bool = True, macs: dict | None = None):
     """(compiled `fn`, its costs for one call `fn(*args)`) where `args` may be abstract and
-    `params` are the weights among them.
+    `params` are the weights among them. The MACs are those of `fn` as traced here (what runs),
+    or `macs`, a `traced_macs` result counted elsewhere (`analyse`: the model's).
 
     compile=False skips XLA's optimisation passes (seconds instead of up to a minute for a big
     train step on CPU): the FLOPs then come from the unoptimised HLO (within ~0.5% of the
@@ -182,7 +186,8 @@ def step_costs(fn, args, params, mode: str, compile: bool = True):
     lowered_at = time.perf_counter()
     compiled = lowered.compile() if compile else None
     compiled_at = time.perf_counter()
-    macs = traced_macs(fn, args, params)  # after the timing: a trace before would be reused
+    if macs is None:
+        macs = traced_macs(fn, args, params)  # after the timing: a trace before would be reused
     cost = (compiled or lowered).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     out = {'xla_flops': float(cost.get('flops', float('nan'))),
@@ -212,9 +217,8 @@ def analyse(config, batch: int = 1, modes=MODES, compile_modes=MODES) -> dict:
     per_batch = ('peak_memory_bytes', 'compiled', 'lower_s', 'xla_compile_s')
     for mode in modes:
         fn, args = step_call(built, mode, state, _abstract_batch(config, batch))
-        _, costs = step_costs(fn, args, state.params, mode, compile=mode in compile_modes)
-        counted = counted_macs(given, batch, mode)   # the model's, where the CPU forms do less
-        costs.update({k: v for k, v in counted.items() if k in costs})
+        _, costs = step_costs(fn, args, state.params, mode, compile=mode in compile_modes,
+                              macs=counted_macs(given, batch, mode))
         costs['compiled'] = mode in compile_modes
         out[mode] = {(k if k in per_batch else k + '_per_view'): (v if k in per_batch else v / batch)
                      for k, v in costs.items()}
