@@ -211,7 +211,7 @@ def check(cases: str, out: str, smoke: bool, batch: int, steps: int, budget_s: f
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     parser.add_argument('--cases', default=os.environ.get('VTX_DEVICE_CASES', 'build/device_cases'),
                         help='exported parity cases (see --export_cases)')
     parser.add_argument('--export_cases', metavar='OUT',

@@ -53,7 +53,8 @@ def measure(data_config, batch_size: int, num_batches: int, warmup: int = 3):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
+    from vtx import cli
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     parser.add_argument('--batches', type=int, default=20)
     parser.add_argument('--batch_size', type=int, default=8)
     parser.add_argument('--shards', default='', help='measure these shards instead')

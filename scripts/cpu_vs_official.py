@@ -34,7 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from scripts.fast_paths import BASELINE_STEP, size_overrides  # noqa: E402
-from vtx import benchmark, report, xla_flags  # noqa: E402
+from vtx import benchmark, cli, report, xla_flags  # noqa: E402
 from vtx import config as vtx_config  # noqa: E402
 from vtx.errors import VtxError  # noqa: E402
 
@@ -126,7 +126,7 @@ def markdown_row(row) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     parser.add_argument('--baseline', default=os.path.join(REPO, '..', 'shared', 'perf',
                                                            'official_cpu_baseline.md'))
     parser.add_argument('--sizes', default='full,small')

@@ -24,6 +24,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from vtx import cli  # noqa: E402
 from vtx.data import synthetic  # noqa: E402
 
 # A tiny STTS-MViT on the demo's 8 frames enlarged to 64x64: 4 patch frames, a 16x16 token grid
@@ -75,7 +76,7 @@ def random_tiny_stts(config_file: str, folder: str) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     parser.add_argument('--tokshift', required=True, help="the demo TokShift's workdir")
     parser.add_argument('--baseline', required=True, help="the demo video-ViT baseline's workdir")
     parser.add_argument('--out', default=os.path.join(REPO, 'docs', 'images'))

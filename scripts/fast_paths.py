@@ -102,7 +102,7 @@ def markdown(rows) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     parser.add_argument('--size', choices=('small', 'full'), default='small')
     parser.add_argument('--rounds', type=cli.number(minimum=1), default=2)
     parser.add_argument('--steps', type=cli.number(minimum=1), default=7)

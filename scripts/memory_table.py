@@ -90,7 +90,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     parser.add_argument('--configs', default=','.join(ZOO), help='comma-separated zoo names')
     parser.add_argument('--per_device_batch', type=cli.number(minimum=1), default=8)
     parser.add_argument('--devices', type=cli.number(minimum=1), default=8,

@@ -58,7 +58,8 @@ def write_inputs(folder: str, num_frames: int = 300, size=(340, 256)):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
+    from vtx import cli
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     parser.add_argument('--repeats', type=int, default=3)
     args = parser.parse_args(argv)
     from vtx import benchmark, config

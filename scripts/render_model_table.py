@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from vtx import families  # noqa: E402
-from vtx import report  # noqa: E402
+from vtx import cli, report  # noqa: E402
 from vtx import config as vtx_config  # noqa: E402
 
 START, END = '<!-- model-table:start -->', '<!-- model-table:end -->'
@@ -120,7 +120,7 @@ def write_costs(path: str, reports: dict) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     parser.add_argument('configs', nargs='*', help='config files (default: every zoo config)')
     parser.add_argument('--full', default=os.environ.get(
         'VTX_PARITY_FULL', os.path.join(REPO, '..', 'shared', 'parity', 'full')),

@@ -25,7 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from scripts.render_model_table import full_size_entry, official_gmacs, published_gflops  # noqa: E402
-from vtx import families, report  # noqa: E402
+from vtx import cli, families, report  # noqa: E402
 from vtx import config as vtx_config  # noqa: E402
 from vtx.models import tps  # noqa: E402
 
@@ -110,7 +110,7 @@ def format_text(result: dict) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     parser.add_argument('--full', default=os.environ.get(
         'VTX_PARITY_FULL', os.path.join(REPO, '..', 'shared', 'parity', 'full')))
     parser.add_argument('--json', action='store_true')

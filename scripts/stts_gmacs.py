@@ -23,7 +23,7 @@ import jax.numpy as jnp
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from vtx import families  # noqa: E402
+from vtx import cli, families  # noqa: E402
 from vtx.models import build_model  # noqa: E402
 from vtx import config as vtx_config  # noqa: E402
 
@@ -59,7 +59,7 @@ def seconds_per_view(model, video, compiled, repeats: int) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     stts_zoo = [e.config for e in families.zoo_entries(*STTS_FAMILIES)]
     parser.add_argument('configs', nargs='*', default=stts_zoo, help='config modules (configs/)')
     parser.add_argument('--full', default=os.path.join(REPO, '..', 'shared', 'parity', 'full'),

@@ -19,11 +19,11 @@ sys.path.insert(0, REPO)
 from scripts.stts_gmacs import compiled_forward, seconds_per_view, xla_gmacs  # noqa: E402
 from vtx import config as vtx_config  # noqa: E402
 from vtx.benchmark import format_rates, host_rates  # noqa: E402
-from vtx import xla_flags  # noqa: E402
+from vtx import cli, xla_flags  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()))
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     parser.add_argument('--config', default='stts_mvit_t0_0p6_s4_0p9')
     parser.add_argument('--ratios', default='1.0/1.0,0.9/0.9,0.8/0.9,0.6/0.9,0.5/0.7,0.4/0.6',
                         help='comma-separated time/space keep ratios')

@@ -221,7 +221,7 @@ def format_result(r: dict) -> str:
 def main(argv=None):
     overrides, rest = report.parse_overrides(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog='vtx-benchmark',
-                                     description=' '.join(__doc__.split('\n\n')[0].split()))
+                                     description=cli.summary(__doc__))
     parser.add_argument('--config', required=True, help='a config file (configs/X.py)')
     parser.add_argument('--batch', type=cli.number(minimum=1), default=1)
     parser.add_argument('--mode', choices=report.MODES, action='append',

@@ -23,6 +23,12 @@ _program = ['vtx']  # the running command's name, for its error lines
 CLOSED_STDOUT_STATUS = 141
 
 
+def summary(doc: str) -> str:
+    """A module docstring's first paragraph as one line: an argparse command's description (its
+    first line alone may stop mid-sentence)."""
+    return ' '.join(doc.split('\n\n')[0].split())
+
+
 def command(entry):
     """`entry` as a console command that ends quietly, with exit status 141, when whatever reads
     its stdout closes it early (`vtx-zoo list | head -3`). Python ignores SIGPIPE, so the next

@@ -264,7 +264,7 @@ def main(argv=None):
     import argparse
     overrides, rest = parse_overrides(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog='vtx-report',
-                                     description=' '.join(__doc__.split('\n\n')[0].split()))
+                                     description=cli.summary(__doc__))
     parser.add_argument('--config', required=True, help='a config file (configs/X.py)')
     parser.add_argument('--batch', type=cli.number(minimum=1), default=1,
                         help='batch size for the memory analysis')

@@ -41,7 +41,7 @@ def read_rows(csv_path: str, video_root: str, label_map_file: str = ''):
 @cli.command
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='vtx-shards-from-csv',
-                                     description=' '.join(__doc__.split('\n\n')[0].split()))
+                                     description=cli.summary(__doc__))
     parser.add_argument('--csv', required=True)
     parser.add_argument('--video_root', default='', help='prefix for the CSV video paths')
     parser.add_argument('--label_map', default='',

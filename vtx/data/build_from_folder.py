@@ -61,7 +61,7 @@ def split(classes: Dict[str, List[str]], val_fraction: float,
 @cli.command
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='vtx-shards-from-folder',
-                                     description=' '.join(__doc__.split('\n\n')[0].split()))
+                                     description=cli.summary(__doc__))
     parser.add_argument('--root', required=True, help='one subfolder of videos per class')
     parser.add_argument('--val_fraction', type=float, default=0.2,
                         help='share of each class held out for evaluation (0: no val split)')

@@ -36,7 +36,7 @@ def read_rows(list_path: str, frames_root: str, names=None):
 @cli.command
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='vtx-shards-from-frames',
-                                     description=' '.join(__doc__.split('\n\n')[0].split()))
+                                     description=cli.summary(__doc__))
     parser.add_argument('--list', required=True)
     parser.add_argument('--frames_root', default='')
     parser.add_argument('--class_names', default='')

@@ -31,7 +31,7 @@ def read_rows(list_path: str, video_root: str, names=None, separator=None):
 @cli.command
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='vtx-shards-from-list',
-                                     description=' '.join(__doc__.split('\n\n')[0].split()))
+                                     description=cli.summary(__doc__))
     parser.add_argument('--list', required=True)
     parser.add_argument('--video_root', default='', help="SlowFast's PATH_PREFIX")
     parser.add_argument('--separator', default=None,

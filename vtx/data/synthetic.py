@@ -230,7 +230,7 @@ def ensure(data_config) -> None:
 @cli.command
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='vtx-demo-data',
-                                     description=' '.join(__doc__.split('\n\n')[0].split()))
+                                     description=cli.summary(__doc__))
     defaults = MotionSpec()
     parser.add_argument('--out', required=True, help='output folder')
     parser.add_argument('--num_train', type=cli.number(minimum=1), default=2000)
