@@ -206,34 +206,45 @@ def test_attention_vjp_equals_autodiff_of_the_formula(with_mask):
     np.testing.assert_allclose(dbias, ref_dbias, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('padded_d,win_d,shift_d', [(8, 4, 2), (4, 4, 2), (12, 4, 1)])
-def test_last_temporal_window_apart_is_the_masked_attention(padded_d, win_d, shift_d):
-    """On CPU a shifted block's last windows along D attend as their two temporal regions (the
-    tokens either side of the cut) instead of through the -100 mask: output and gradients (qkv,
-    bias) equal the masked windows' formula to rounding, with nD = 2, 1 and 3 windows along D and
-    regions of equal and unequal length; the masked and spatially shifted pairs stay masked."""
+@pytest.mark.parametrize('padded,win,shift,lead,axes', [
+    ((8, 6, 3), (4, 3, 3), (2, 1, 1), 1, (True, True, True)),     # 2 x 2 x 1 windows
+    ((12, 9, 6), (4, 3, 3), (1, 1, 2), 3, (True, True, True)),    # 3 x 3 x 2, one bias per D
+    ((4, 6, 6), (4, 3, 3), (2, 1, 1), 1, (True, False, False)),   # one window along D; D apart
+    ((3, 9, 6), (1, 3, 3), (0, 1, 2), 3, (True, False, True)),    # TPS-like: frames unshifted
+])
+def test_shifted_windows_apart_is_the_masked_attention(padded, win, shift, lead, axes):
+    """On CPU a shifted block's regions attend as windows of their own (boxes of the windows,
+    split along the `axes` that are apart) instead of through the -100 mask: output and gradients
+    (qkv, bias table) equal the masked windows' formula to rounding, the axes not apart still
+    masked, the bias one per temporal window or shared."""
     rng = np.random.default_rng(3)
-    win, shift, heads, hd = (win_d, 3, 3), (shift_d, 1, 1), 2, 4
-    padded = (padded_d, 6, 3)
+    heads, hd, rows = 2, 4, 50
     n = math.prod(win)
-    windows = (padded_d // win_d, 2 * 1)
+    counts = tuple(p // w for p, w in zip(padded, win))
+    windows = (counts[0], counts[1] * counts[2])
     qkv = jnp.asarray(rng.normal(size=(1, *windows, n, 3, heads, hd)), jnp.float32)
-    bias = jnp.asarray(rng.normal(size=(heads, n, n)), jnp.float32)
+    table = jnp.asarray(rng.normal(size=(rows, heads)), jnp.float32)
+    index = rng.integers(0, rows, size=(lead, n, n))
     mask = video_swin.shift_mask(padded, win, shift)
     cotangent = jnp.asarray(rng.normal(size=(1, *windows, n, heads, hd)), jnp.float32)
 
-    def formula(qkv, bias):
+    def formula(qkv, table):
         q, k, v = (qkv[..., i, :, :] for i in range(3))
-        s = jnp.einsum('...qhd,...khd->...hqk', q, k) / math.sqrt(hd) + bias + mask.additive()
+        s = (jnp.einsum('...qhd,...khd->...hqk', q, k) / math.sqrt(hd)
+             + video_swin.position_bias(table, index) + mask.additive())
         return jnp.einsum('...hqk,...khd->...qhd', jax.nn.softmax(s, axis=-1), v)
 
-    def apart(qkv, bias):
-        return video_swin.last_temporal_window_apart(
+    def apart(qkv, table):
+        return video_swin.shifted_windows_apart(
             lambda x, bias, mask: attention(*(x[..., i, :, :] for i in range(3)), bias, mask),
-            qkv, bias, mask, (win_d - shift_d) * n // win_d)
+            qkv, table, index, counts, win, shift, axes)
 
-    out, pullback = jax.vjp(apart, qkv, bias)
-    ref_out, ref_pullback = jax.vjp(formula, qkv, bias)
+    def value_and_grads(fn):
+        out, pullback = jax.vjp(fn, qkv, table)
+        return out, pullback(cotangent)
+
+    (out, grads), (ref_out, ref_grads) = (jax.jit(value_and_grads, static_argnums=0)(fn)
+                                          for fn in (apart, formula))
     np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-6)
-    for grad, ref in zip(pullback(cotangent), ref_pullback(cotangent)):
+    for grad, ref in zip(grads, ref_grads):
         np.testing.assert_allclose(grad, ref, rtol=1e-4, atol=1e-5)

@@ -8,7 +8,7 @@ the trainer (`train_step`) and for serving (`forward`), on one device for the wh
 - `xla_flops`: the compiled executable's cost analysis. XLA counts 2 FLOPs per multiply-add
   and 1 per elementwise op (softmax, norms, GELU, adds), so it is above 2 x MACs where the
   program compiled here does the model's work; on CPU Video Swin's leaves out the masked pairs
-  across temporal regions (`video_swin.last_temporal_window_apart`).
+  across its shifted windows' regions (`video_swin.shifted_windows_apart`).
 - `macs`: multiply-accumulates of every matmul and convolution (`dot_general`,
   `conv_general_dilated`) in the program traced in the accelerators' forms (`counted_macs`),
   counted from their shapes: the model's work on every backend. This is the convention of the
@@ -163,8 +163,8 @@ def counted_macs(config, batch: int, mode: str) -> dict:
     """`traced_macs` of one `mode` step of `config`, traced on one device (the program is the same
     on any mesh) in the forms accelerators run (`backend.accelerator_forms`). The CPU forms do the
     same work except where they leave out what the official model computes and discards (Video
-    Swin's masked pairs across temporal regions, `video_swin.last_temporal_window_apart`), so
-    these are the model's MACs on every backend."""
+    Swin's masked pairs across its shifted windows' regions, `video_swin.shifted_windows_apart`),
+    so these are the model's MACs on every backend."""
     with backend.accelerator_forms():
         built = build_steps(config, jax.devices()[:1])
         state = built.abstract_state

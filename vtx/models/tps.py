@@ -45,9 +45,8 @@ class TPSWindowAttention(WindowAttention):
     def table_rows(self) -> int:
         return (2 * FRAME_TOKENS - 1) * math.prod(2 * w - 1 for w in WINDOW[1:])
 
-    def position_bias(self, table, win, num_windows_d):
-        bias = table[bias_index(self.temporal == 'patch_shift')]   # [16, N, N, heads]
-        return bias.transpose(0, 3, 1, 2)[:, None]                 # per frame, all windows
+    def position_index(self, win) -> np.ndarray:
+        return bias_index(self.temporal == 'patch_shift')   # per frame, all windows
 
     def mix_input(self, x):
         if self.temporal == 'patch_shift':

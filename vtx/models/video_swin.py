@@ -13,6 +13,7 @@ import math
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -23,6 +24,14 @@ from vtx.models import layers
 from vtx.models.token_selection import TemporalSelection, top_k_sigma
 
 MASK_VALUE = -100.0  # the official additive mask value (not -inf)
+# On CPU a shifted block's regions attend apart (`shifted_windows_apart`): along D always, along H
+# and W too in evaluation (deterministic calls) on windows of at least this many tokens. Measured
+# on 2 cores of an AMD EPYC (Zen 5), both forms compiled in one process and alternated
+# (docs/performance.md, "Video Swin's shifted windows' regions apart"): Video Swin-T's eval
+# (392-token windows) ran 3% faster apart along all three axes than along D alone; its train step
+# ran level while its compilation took 36 s instead of 15, and TPS-T's eval (49-token windows)
+# ran level while its compilation doubled.
+SPATIAL_APART_MIN_TOKENS = 256
 
 
 # --------------------------------------------------------------------------- window geometry
@@ -60,13 +69,10 @@ def window_reverse(windows, win: Sequence[int], grid: Sequence[int]):
     return x.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, d, h, w, c)
 
 
-def shift_mask(padded_grid: Sequence[int], win: Sequence[int], shift: Sequence[int]):
-    """The 0/-100 mask of shifted windows on the padded, rolled grid, as a SegmentMask with ids
-    [nD, nS, N] (it adds the [nD, nS, 1, N, N] mask of the official code).
-
-    Each axis has regions [0, P-win), [P-win, P-shift), [P-shift, P); an unshifted axis is a
-    single region. Tokens from different regions must not attend to each other.
-    """
+def region_labels(padded_grid: Sequence[int], win: Sequence[int], shift: Sequence[int]):
+    """[nD, nS, N] numpy: the region of every token of the shifted windows on the padded, rolled
+    grid. Each axis has regions [0, P-win), [P-win, P-shift), [P-shift, P); an unshifted axis is
+    a single region. Tokens from different regions must not attend to each other."""
     labels = np.zeros(tuple(padded_grid), np.int32)
     for axis, (p, w, s) in enumerate(zip(padded_grid, win, shift)):
         region = np.zeros(p, np.int32)
@@ -75,8 +81,21 @@ def shift_mask(padded_grid: Sequence[int], win: Sequence[int], shift: Sequence[i
         shape = [1, 1, 1]
         shape[axis] = p
         labels = labels * 3 + region.reshape(shape)
-    ids = jnp.asarray(np.asarray(window_partition(labels[None, ..., None], win))[0, ..., 0])
+    return np.asarray(window_partition(labels[None, ..., None], win))[0, ..., 0]
+
+
+def shift_mask(padded_grid: Sequence[int], win: Sequence[int], shift: Sequence[int]):
+    """The 0/-100 mask of shifted windows (`region_labels`) as a SegmentMask with ids [nD, nS, N]
+    (it adds the [nD, nS, 1, N, N] mask of the official code)."""
+    ids = jnp.asarray(region_labels(padded_grid, win, shift))
     return SegmentMask(ids, ids, jnp.float32(MASK_VALUE))
+
+
+def position_bias(table, index):
+    """The relative position bias [L, 1, heads, N, N] of `table` [rows, heads] at its rows `index`
+    [L, N, N] (L = 1 or one per temporal window; the 1 broadcasts over the windows of a frame),
+    gathered heads-first in place (no transposed copy of the [N, N, heads] gather)."""
+    return jnp.moveaxis(table.T[:, index], 0, 1)[:, None]
 
 
 def relative_position_index(window: Sequence[int], coords_window: Optional[Sequence[int]] = None):
@@ -90,33 +109,85 @@ def relative_position_index(window: Sequence[int], coords_window: Optional[Seque
     return rel[0] * (2 * wh - 1) * (2 * ww - 1) + rel[1] * (2 * ww - 1) + rel[2]
 
 
-def last_temporal_window_apart(attend, qkv, bias, mask: SegmentMask, cut: int):
-    """`attend(qkv, bias=bias, mask=mask)` for windows shifted along D: the last window along D
-    holds two temporal regions of `shift_mask`, its first `cut` tokens (frames P - win .. P -
-    shift) and the rest, and here each attends as a window of its own instead of through the
-    mask. qkv [B, nD, nS, N, 3, heads, head_dim]; bias [..., N, N].
+def _split(a, sizes: Sequence[int], axis: int):
+    """a split along `axis` into pieces of `sizes`: numpy for numpy arrays, else `lax.split`, whose
+    gradient concatenates the pieces' (slices' gradients were padded to the whole and summed)."""
+    if isinstance(a, np.ndarray):
+        return np.split(a, np.cumsum(sizes)[:-1], axis)
+    return jax.lax.split(a, sizes, axis)
+
+
+def shifted_windows_apart(attend, qkv, table, index, counts: Sequence[int], win: Sequence[int],
+                          shift: Sequence[int], apart_axes: Sequence[bool] = (True,) * 3):
+    """`attend(qkv, bias=position_bias(table, index), mask=shift_mask(...))` for windows shifted
+    by `shift`, with the regions of `shift_mask` attending apart along `apart_axes`: as windows of
+    their own instead of through the mask. qkv [B, nD, nS, N, 3, heads, head_dim] for `counts`
+    (nD, nH, nW) windows of `win`; index [L, N, N] the bias's table rows, shared by the windows
+    or (L = nD) one per temporal window.
+
+    Along a shifted axis every window but the last lies in one region and the last holds two, its
+    first win - shift positions and the rest. So the windows split along each such axis into the
+    first ones (whole), the last ones' first part and their second part, and each combination
+    attends as a batch of windows of that box's shape, with the bias gathered from the table at
+    the box's positions: without a mask where every shifted axis is apart, with the mask's ids at
+    its positions where one is not.
 
     The mask adds -100 to every score across regions, which leaves those weights about e^-100 of
     the row's own (below float32's resolution while the scores lie within ~80 of each other), so
     leaving them out changes the output by rounding only. What it saves is the work: Video
-    Swin's last temporal windows are half of a shifted block's windows at 16 frame tokens and
-    split 4 + 4 frames, so a shifted block's attention does 3/4 of the products. Tokens run (d, h,
-    w) row-major, so the regions are the two runs of tokens either side of `cut`, and the bias
-    between two tokens of one region is the block of the whole window's at their positions.
-    Where it runs: `backend.cpu_forms()` (accelerators keep the masked windows); the MACs that
+    Swin-T's shifted blocks apart along all three axes do 0.66, 0.58 and 0.43 of the masked
+    windows' attention products at stages 1-3 and 0.75 at stage 4 (apart along D alone, 0.75).
+    Where it runs: `backend.cpu_forms()` (accelerators keep the masked windows); the MACs
     `vtx.report` counts for MFU are the masked windows', the official model's work."""
-    ids = mask.query_ids, mask.key_ids
+    b, tail = qkv.shape[0], qkv.shape[4:]
+    x = qkv.reshape(b, *counts, *win, *tail)          # window index axes 1-3, positions 4-6
+    labels = region_labels(tuple(c * w for c, w in zip(counts, win)), win, shift)
+    labels = labels.reshape(*counts, *win)            # window index axes 0-2, positions 3-5
+    positions = np.arange(math.prod(win)).reshape(win)
+    masked = any(s and not a for s, a in zip(shift, apart_axes))
 
-    def windows(d, tokens):
-        return attend(qkv[:, d][..., tokens, :, :, :], bias=bias[..., tokens, tokens],
-                      mask=SegmentMask(*(i[d][..., tokens] for i in ids), mask.value))
+    def windows_apart(a, at, count):
+        """(the first count - 1 windows or None, the last one) along axis `at`; an axis of
+        extent 1 (an index shared by the windows) serves both."""
+        if a.shape[at] == 1:
+            return (a if count > 1 else None), a
+        if count == 1:
+            return None, a
+        return tuple(_split(a, (count - 1, 1), at))
 
-    last = slice(-1, None)
-    out = jnp.concatenate([windows(last, slice(None, cut)), windows(last, slice(cut, None))],
-                          axis=-3)
-    if qkv.shape[1] == 1:
-        return out
-    return jnp.concatenate([windows(slice(None, -1), slice(None)), out], axis=1)
+    def pieces(parts, axis):
+        """[first windows or None, last windows' first part, their second part] of the parts."""
+        x, labels, index, positions = parts
+        count, sizes = counts[axis], (win[axis] - shift[axis], shift[axis])
+        (x_inner, x_last), (l_inner, l_last), (i_inner, i_last) = (
+            windows_apart(x, axis + 1, count), windows_apart(labels, axis, count),
+            windows_apart(index, 0, count) if axis == 0 else (index, index))
+        inner = None if x_inner is None else (x_inner, l_inner, i_inner, positions)
+        return [inner] + [tuple(p) for p in zip(
+            _split(x_last, sizes, axis + 4), _split(l_last, sizes, axis + 3), (i_last, i_last),
+            _split(positions, sizes, axis))]
+
+    def attend_apart(parts, axis):
+        if axis == 3:
+            x, labels, index, positions = parts
+            n_d, n_h, n_w = x.shape[1:4]
+            tokens = positions.reshape(-1)
+            n = tokens.size
+            ids = jnp.asarray(labels.reshape(n_d, n_h * n_w, n))
+            o = attend(x.reshape(b, n_d, n_h * n_w, n, *tail),
+                       bias=position_bias(table, index[:, tokens[:, None], tokens[None, :]]),
+                       mask=SegmentMask(ids, ids, jnp.float32(MASK_VALUE)) if masked else None)
+            return o.reshape(b, n_d, n_h, n_w, *positions.shape, *o.shape[4:])
+        if not (shift[axis] and apart_axes[axis]):
+            return attend_apart(parts, axis + 1)
+        inner, *last = pieces(parts, axis)
+        last = jnp.concatenate([attend_apart(p, axis + 1) for p in last], axis=axis + 4)
+        if inner is None:
+            return last
+        return jnp.concatenate([attend_apart(inner, axis + 1), last], axis=axis + 1)
+
+    o = attend_apart((x, labels, index, positions), 0)
+    return o.reshape(b, counts[0], counts[1] * counts[2], math.prod(win), *o.shape[7:])
 
 
 # --------------------------------------------------------------------------- modules
@@ -124,13 +195,14 @@ def last_temporal_window_apart(attend, qkv, bias, mask: SegmentMask, cut: int):
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative position bias.
 
-    Input [B, nD, nS, N, C] (windows grouped by temporal index nD and spatial index nS); `mask`
-    (additive, or a SegmentMask) broadcasts against [nD, nS, heads, N, N]. Subclasses change the
-    bias (`position_bias`) and may mix tokens across windows before the projection and after
-    attention. The attention itself is `vtx.kernels.attention.packed_attention` of the qkv
-    projection, whose hand-written VJP serves the train step. `shift` is the block's window shift
-    (d, h, w): shifted along D, the last temporal windows' two regions attend apart on CPU
-    (`last_temporal_window_apart`; not under attention dropout, whose one draw serves one call).
+    Input [B, nD, nS, N, C] (windows grouped by temporal index nD and spatial index nS).
+    Subclasses give the bias table's rows (`position_index`) and may mix tokens across windows
+    before the projection and after attention. The attention itself is
+    `vtx.kernels.attention.packed_attention` of the qkv projection, whose hand-written VJP serves
+    the train step. `shift` is the block's window shift (d, h, w) and `counts` the windows along
+    each axis; shifted windows add the -100 mask of `shift_mask`, and on CPU their regions attend
+    apart instead (`shifted_windows_apart`, along the axes SPATIAL_APART_MIN_TOKENS says; not
+    under attention dropout, whose one draw serves one call).
     """
     num_heads: int
     window_size: Sequence[int]
@@ -142,7 +214,9 @@ class WindowAttention(nn.Module):
     def table_rows(self) -> int:
         return math.prod(2 * w - 1 for w in self.window_size)
 
-    def position_bias(self, table, win, num_windows_d):
+    def position_index(self, win) -> np.ndarray:
+        """[L, N, N] rows of the bias table for the token pairs of a window of `win` (L = 1, or
+        one per temporal window)."""
         raise NotImplementedError
 
     def mix_input(self, x):
@@ -152,7 +226,7 @@ class WindowAttention(nn.Module):
         return o
 
     @nn.compact
-    def __call__(self, x, win, mask=None, deterministic: bool = True, shift=(0, 0, 0)):
+    def __call__(self, x, win, shift, counts, deterministic: bool = True):
         *lead, n, dim = x.shape
         head_dim = dim // self.num_heads
         dense = functools.partial(layers.dense, dtype=self.dtype,
@@ -162,16 +236,19 @@ class WindowAttention(nn.Module):
         x = self.mix_input(x)
         qkv = dense(3 * dim, ('embed', 'heads'), use_bias=self.qkv_bias, name='qkv')(x)
         qkv = qkv.reshape(*lead, n, 3, self.num_heads, head_dim)
-        bias = self.position_bias(table, win, x.shape[1])
+        index = self.position_index(win)
         dropping = self.attention_dropout_rate > 0 and not deterministic
         attend = functools.partial(
             dot_product_attention, dropout_rng=self.make_rng('dropout') if dropping else None,
             dropout_rate=self.attention_dropout_rate, deterministic=deterministic)
-        if shift[0] and isinstance(mask, SegmentMask) and backend.cpu_forms() and not dropping:
-            cut = (win[0] - shift[0]) * n // win[0]   # the last D window's first region's tokens
-            o = last_temporal_window_apart(attend, qkv, bias, mask, cut)
+        if any(shift) and backend.cpu_forms() and not dropping:
+            spatial = deterministic and n >= SPATIAL_APART_MIN_TOKENS
+            o = shifted_windows_apart(attend, qkv, table, index, counts, win, shift,
+                                      (True, spatial, spatial))
         else:
-            o = attend(qkv, bias=bias, mask=mask)
+            mask = (shift_mask([c * w for c, w in zip(counts, win)], win, shift)
+                    if any(shift) else None)
+            o = attend(qkv, bias=position_bias(table, index), mask=mask)
         o = self.mix_output(o).reshape(*lead, n, dim)
         o = dense(dim, ('heads', 'embed'), name='proj')(o)
         return nn.Dropout(self.dropout_rate)(o, deterministic=deterministic)
@@ -186,7 +263,7 @@ class WindowAttention3D(WindowAttention):
     """
     clipped_window_bias: str = 'official'
 
-    def position_bias(self, table, win, num_windows_d):
+    def position_index(self, win) -> np.ndarray:
         n = math.prod(win)
         if self.clipped_window_bias == 'official':
             index = relative_position_index(self.window_size)[:n, :n]
@@ -195,7 +272,7 @@ class WindowAttention3D(WindowAttention):
         else:
             raise VtxError(f"model.clipped_window_bias must be 'official' or 'exact', got "
                              f'{self.clipped_window_bias!r}')
-        return table.T[:, index]  # [heads, N, N], gathered in place (no transposed copy)
+        return index[None]
 
 
 class SwinBlock(nn.Module):
@@ -216,9 +293,9 @@ class SwinBlock(nn.Module):
         shifted = any(self.shift)
         if shifted:
             y = jnp.roll(y, [-s for s in self.shift], axis=(1, 2, 3))
-        mask = shift_mask(padded, self.win, self.shift) if shifted else None
-        y = self.attention(name='attn')(window_partition(y, self.win), self.win, mask,
-                                        deterministic, self.shift)
+        y = self.attention(name='attn')(window_partition(y, self.win), self.win, self.shift,
+                                        tuple(p // w for p, w in zip(padded, self.win)),
+                                        deterministic)
         y = window_reverse(y, self.win, padded)
         if shifted:
             y = jnp.roll(y, list(self.shift), axis=(1, 2, 3))
