@@ -25,12 +25,12 @@ from vtx.models.token_selection import TemporalSelection, top_k_sigma
 
 MASK_VALUE = -100.0  # the official additive mask value (not -inf)
 # On CPU a shifted block's regions attend apart (`shifted_windows_apart`): along D always, along H
-# and W too in evaluation (deterministic calls) on windows of at least this many tokens. Measured
-# on 2 cores of an AMD EPYC (Zen 5), both forms compiled in one process and alternated
-# (docs/performance.md, "Video Swin's shifted windows' regions apart"): Video Swin-T's eval
-# (392-token windows) ran 3% faster apart along all three axes than along D alone; its train step
-# ran level while its compilation took 36 s instead of 15, and TPS-T's eval (49-token windows)
-# ran level while its compilation doubled.
+# and W too on windows of at least this many tokens. Measured on 2 cores of an AMD EPYC (Zen 5),
+# both forms compiled in one process and alternated (docs/performance.md, "Video Swin's shifted
+# windows' regions apart"): apart along all three axes rather than D alone, Video Swin-T's eval
+# (392-token windows) ran 3% faster and its train step 3-6% (medians of three runs) while the
+# step's compilation took 31-36 s instead of 13-15; TPS-T's eval (49-token windows) ran level
+# while its compilation doubled.
 SPATIAL_APART_MIN_TOKENS = 256
 
 
@@ -242,7 +242,7 @@ class WindowAttention(nn.Module):
             dot_product_attention, dropout_rng=self.make_rng('dropout') if dropping else None,
             dropout_rate=self.attention_dropout_rate, deterministic=deterministic)
         if any(shift) and backend.cpu_forms() and not dropping:
-            spatial = deterministic and n >= SPATIAL_APART_MIN_TOKENS
+            spatial = n >= SPATIAL_APART_MIN_TOKENS
             o = shifted_windows_apart(attend, qkv, table, index, counts, win, shift,
                                       (True, spatial, spatial))
         else:
