@@ -63,10 +63,11 @@ def test_remat_counts_model_work_for_mfu(peak):
 
 
 def test_cli_json_lines(capsys):
+    from vtx.commands import benchmark as command
     threads = len(os.sched_getaffinity(0))  # pinning to all keeps the test process as it was
-    benchmark.main(['--config', os.path.join(REPO, 'configs', 'demo.py'), '--steps', '2', '--json',
-                    '--batch', '1', '--peak_size', '256', '--threads', str(threads)]
-                   + [f'--config.{k}={v}' for k, v in TINY.items()])
+    command.main(['--config', os.path.join(REPO, 'configs', 'demo.py'), '--steps', '2', '--json',
+                  '--batch', '1', '--peak_size', '256', '--threads', str(threads)]
+                 + [f'--config.{k}={v}' for k, v in TINY.items()])
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r['mode'] for r in lines] == ['forward', 'train']
     for r in lines:   # the run's reading, then one after each mode's steps

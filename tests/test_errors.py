@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, demo_cli, tiny_demo_config
-from vtx import benchmark, cli, report, train
+from vtx import cli, train
+from vtx.commands import benchmark, report
 from vtx.data import synthetic
 from vtx.errors import VtxError
 
@@ -119,18 +120,30 @@ def test_cli_config_file_that_fails_is_one_line(tmp_path, text, expected):
     assert not (tmp_path / 'run').exists()
 
 
-@pytest.mark.parametrize('args, status, first_line', [
-    (['--help'], 0, 'Command line: `vtx-train --config'),
-    (['--nope'], 2, "vtx-train: error: bad command line: Unknown command line flag 'nope'")])
-def test_help_and_a_bad_flag_answer_before_jax_loads(args, status, first_line):
-    """vtx-train imports JAX (to set its dispatch) only for a command line that parses; its
-    restart with the malloc tunables comes first and imports nothing."""
-    code = ("import sys; sys.modules['jax'] = None; sys.argv[0] = 'vtx-train'\n"
-            'from vtx import main; main.run()')
+@pytest.mark.parametrize('module, program, args, status, line', [
+    ('vtx.main', 'vtx-train', ['--help'], 0, 'Command line: `vtx-train --config'),
+    ('vtx.main', 'vtx-train', ['--nope'], 2,
+     "vtx-train: error: bad command line: Unknown command line flag 'nope'"),
+    ('vtx.commands.predict', 'vtx-predict', ['--help'], 0, 'Command line: classify video files'),
+    ('vtx.commands.predict', 'vtx-predict', ['--nope', 'a.mp4'], 2,
+     "vtx-predict: error: bad command line: Unknown command line flag 'nope'"),
+    ('vtx.commands.export', 'vtx-export', ['--help'], 0, 'Command line: write a trained'),
+    ('vtx.commands.report', 'vtx-report', ['--help'], 0, 'usage: vtx-report'),
+    ('vtx.commands.report', 'vtx-report', ['--config', 'demo', '--nope'], 2,
+     'vtx-report: error: unrecognized arguments: --nope'),
+    ('vtx.commands.benchmark', 'vtx-benchmark', ['--help'], 0, 'usage: vtx-benchmark'),
+    ('vtx.commands.benchmark', 'vtx-benchmark', ['--config', 'demo', '--steps', '0'], 2,
+     "vtx-benchmark: error: argument --steps: expected an integer >= 1, got '0'")])
+def test_help_and_a_bad_flag_answer_before_jax_loads(module, program, args, status, line):
+    """The commands import JAX (~1 s) only for a command line that parses; the restart with the
+    malloc tunables comes first and imports nothing. Help's first line, or the error's line."""
+    code = (f"import importlib, sys; sys.modules['jax'] = None; sys.argv[0] = {program!r}\n"
+            f'importlib.import_module({module!r}).run()')
     out = subprocess.run([sys.executable, '-c', code, *args], cwd=REPO, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == status, out.stderr[-2000:]
-    assert (out.stdout or out.stderr).splitlines()[0].startswith(first_line)
+    shown = out.stdout.splitlines()[0] if status == 0 else out.stderr.splitlines()[-1]
+    assert shown.startswith(line), (out.stdout + out.stderr)[-2000:]
 
 
 @pytest.mark.parametrize('command', [['vtx.pretrained', 'list'], ['vtx.main', '--help']])

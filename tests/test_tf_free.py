@@ -15,8 +15,9 @@ for name in ('tensorflow', 'tensorflow_datasets'):
     sys.modules[name] = None
 import jax, jax.numpy as jnp, numpy as np
 from flax import linen as nn
-from vtx import benchmark, checkpoint, export, predict, report
+from vtx import checkpoint, cli, export, predict
 from vtx import config as vtx_config
+from vtx.commands import benchmark, report
 from vtx.models import build_model
 
 small = ['--config.model.hidden_size=32', '--config.model.mlp_dim=64',
@@ -25,7 +26,7 @@ small = ['--config.model.hidden_size=32', '--config.model.mlp_dim=64',
 report.main(['--config', 'configs/demo.py', '--json', '--mode=forward'] + small)
 benchmark.main(['--config', 'configs/demo.py', '--json', '--mode=forward', '--steps=1',
                 '--warmup=0', '--peak_size=64'] + small)
-config = vtx_config.load('configs/demo.py', report.parse_overrides(small)[0])
+config = vtx_config.load('configs/demo.py', cli.config_overrides(small)[0])
 model = build_model(config.model)
 params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 16, 16, 3)),
                                   train=False)['params'])

@@ -1,7 +1,7 @@
 """Speed benchmark: clips/s, step time, achieved FLOP/s and MFU of a config's forward or train step.
 
-`python -m vtx.benchmark --config configs/X.py [--batch N] [--mode forward|train] [--json]
- [--warmup 1] [--steps 7] [--threads N] [--config.model.dtype=bfloat16 ...]`
+`vtx-benchmark --config NAME|FILE [--batch N] [--mode forward|train] [--json] [--warmup 1]
+ [--steps 7] [--threads N] [--config.model.dtype=bfloat16 ...]` (`vtx.commands.benchmark`).
 
 `--threads N` pins the process to N CPUs before JAX starts, which sizes XLA:CPU's thread pools
 (`vtx.xla_flags.pin_threads`). Every result records the host and, from the CLI, XLA's matmul
@@ -33,21 +33,17 @@ Fast paths are config fields, so each is benchmarked by an override, e.g.
 and MViT),
 `--config.model.pool_implementation=shifted_sum` (MViT pooling without grouped convolutions).
 """
-import argparse
 import importlib.util
-import json
 import os
 import resource
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vtx import config as vtx_config
-from vtx import cli, report, xla_flags
+from vtx import report, xla_flags
 from vtx.steps import Steps, input_shape  # not `steps`: benchmark() has a `steps` count
 from vtx.errors import VtxError
 from vtx.models import IMPLEMENTATION_FIELDS, resolve_dtype
@@ -141,8 +137,7 @@ def device_peak_memory() -> int | None:
 def benchmark(config, batch: int = 1, mode: str = 'train', warmup: int = 1, steps: int = 7,
               peak: dict | None = None) -> dict:
     """Times `mode` ('forward' or 'train') of `config` on a random batch of `batch` clips."""
-    if mode not in report.MODES:
-        raise VtxError(f'--mode {mode!r}: use one of {report.MODES}')
+    report.checked_modes([mode])
     built = report.build_steps(config)
     config, data_devices = built.config, built.mesh.shape['data']
     if batch % data_devices:
@@ -218,46 +213,6 @@ def format_result(r: dict) -> str:
             + (f"\n  host: {format_rates(r['rates'])}" if 'rates' in r else ''))
 
 
-def main(argv=None):
-    overrides, rest = report.parse_overrides(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog='vtx-benchmark',
-                                     description=cli.summary(__doc__))
-    parser.add_argument('--config', required=True, help='a config file (configs/X.py)')
-    parser.add_argument('--batch', type=cli.number(minimum=1), default=1)
-    parser.add_argument('--mode', choices=report.MODES, action='append',
-                        help='forward or train (repeatable; default: both)')
-    parser.add_argument('--warmup', type=cli.number(minimum=0), default=1,
-                        help='untimed steps after compiling')
-    parser.add_argument('--steps', type=cli.number(minimum=1), default=7, help='timed steps')
-    parser.add_argument('--peak_size', type=cli.number(minimum=1), default=None,
-                        help='side of the peak-FLOP/s matmul (default 2048 on CPU, 8192 otherwise)')
-    parser.add_argument('--threads', type=cli.number(minimum=1), default=None,
-                        help="CPUs this process (XLA:CPU's and torch's thread pools) may use "
-                             '(default: all it is allowed)')
-    parser.add_argument('--json', action='store_true', help='print JSON lines instead of text')
-    args = parser.parse_args(rest)
-    try:
-        if args.threads is not None:
-            xla_flags.pin_threads(args.threads)
-        config = vtx_config.load(args.config, overrides)
-        rates = host_rates(compute_dtype(config), args.peak_size)
-        for mode in args.mode or report.MODES:
-            result = benchmark(config, args.batch, mode, args.warmup, args.steps, rates['peak'])
-            result['rates'] = rates
-            result['config'] = args.config
-            result['overrides'] = overrides
-            print(json.dumps(result) if args.json else format_result(result), flush=True)
-    except VtxError as e:
-        print(f'vtx-benchmark: error: {e}', file=sys.stderr)
-        sys.exit(2)
-
-
-@cli.command
-def run():
-    """The `vtx-benchmark` command."""
-    xla_flags.configure_host_memory()
-    main()
-
-
-if __name__ == '__main__':
-    run()
+if __name__ == '__main__':   # `python -m vtx.benchmark` is the vtx-benchmark command
+    from vtx.commands import benchmark as command
+    command.run()

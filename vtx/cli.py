@@ -1,7 +1,8 @@
 """What vtx's command lines share: every command ends quietly when its reader closes stdout
 (`command`), and the absl ones (`vtx-train`, `vtx-predict`, `vtx-export`, `vtx-convert`,
 `vtx-plot`) take `--config` by zoo name or path and report bad flags in one paragraph (exit
-status 2)."""
+status 2); the argparse ones (`vtx-report`, `vtx-benchmark`) read `--config.a.b=v` overrides
+with `parse_arguments`."""
 import argparse
 import functools
 import os
@@ -69,6 +70,42 @@ def number(kind=int, *, minimum=None, maximum=None, above=None):
     return parse
 
 
+def config_overrides(argv):
+    """(the `--config.a.b=v` flags of `argv` as {'a.b': v}, the other arguments) for the argparse
+    commands; values are Python literals where they parse as one, else strings."""
+    import ast
+    overrides, rest = {}, []
+    for arg in argv:
+        if arg.startswith('--config.'):
+            key, sep, value = arg[len('--config.'):].partition('=')
+            if not sep:
+                raise VtxError(f'{arg}: expected --config.FIELD=VALUE')
+            try:
+                overrides[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                overrides[key] = value
+        else:
+            rest.append(arg)
+    return overrides, rest
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv=None):
+    """(the arguments `parser` parses, the `--config.a.b=v` overrides) of an argparse command's
+    `argv` (default: sys.argv[1:]); a malformed override is one error line naming the command."""
+    try:
+        overrides, rest = config_overrides(sys.argv[1:] if argv is None else argv)
+    except VtxError as e:
+        fail(e, parser.prog)
+    return parser.parse_args(rest), overrides
+
+
+@command
+def run_restarted(main):
+    """Runs an argparse command's `main()` after `xla_flags.restart_with_malloc_tunables()`."""
+    xla_flags.restart_with_malloc_tunables()
+    main()
+
+
 def _stdout_closed() -> bool:
     """Whether stdout is a pipe or socket whose reader has gone (poll reports an error on it)."""
     try:
@@ -122,9 +159,9 @@ def _loadable(name_or_path: str) -> str:
     return path
 
 
-def fail(error) -> None:
-    """One error line naming the command, exit status 2."""
-    print(f'{_program[0]}: error: {error}', file=sys.stderr)
+def fail(error, program: str | None = None) -> None:
+    """One error line naming the command (`program`, or the one `run` runs), exit status 2."""
+    print(f'{program or _program[0]}: error: {error}', file=sys.stderr)
     sys.exit(2)
 
 

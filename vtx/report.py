@@ -1,6 +1,7 @@
 """Model report: parameters, FLOPs/MACs per view (forward and train step) and peak memory.
 
-`python -m vtx.report --config configs/X.py [--batch N] [--json] [--config.a.b=v ...]`
+`vtx-report --config NAME|FILE [--batch N] [--json] [--config.a.b=v ...]` prints it
+(`vtx.commands.report`).
 
 Nothing is materialised: the model, the train state and the batch are abstract shapes, and the
 numbers come from lowering and compiling the jitted functions that `vtx.steps.build` makes for
@@ -19,16 +20,13 @@ the trainer (`train_step`) and for serving (`forward`), on one device for the wh
   outputs + temporaries - donated/aliased buffers) on the default backend.
 """
 import copy
-import json
 import math
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
-from vtx import config as vtx_config
-from vtx import cli, sharding, steps, xla_flags
+from vtx import sharding, steps
 from vtx.errors import VtxError
 from vtx.kernels import backend
 from vtx.models import IMPLEMENTATION_FIELDS
@@ -120,13 +118,20 @@ def build_steps(config, devices=None) -> steps.Steps:
     return steps.build(config, mesh)
 
 
+def checked_modes(modes) -> tuple:
+    """`modes` as a tuple, each one of MODES (else an error naming `--mode`)."""
+    for mode in modes:
+        if mode not in MODES:
+            raise VtxError(f'--mode {mode!r}: use one of {MODES}')
+    return tuple(modes)
+
+
 def step_call(built: steps.Steps, mode: str, state, batch):
     """(the jitted function of `built` that runs `mode`, its arguments for `state` and `batch`)."""
+    checked_modes([mode])
     if mode == 'forward':
         return built.forward, (state.params, batch['image'])
-    if mode == 'train':
-        return built.train_step, (state, batch)
-    raise VtxError(f'mode {mode!r}: use one of {MODES}')
+    return built.train_step, (state, batch)
 
 
 def peak_memory_bytes(compiled) -> int | None:
@@ -206,6 +211,7 @@ def analyse(config, batch: int = 1, modes=MODES, compile_modes=MODES) -> dict:
 
     Modes not in `compile_modes` are costed on the unoptimised HLO (see `step_costs`).
     """
+    modes = checked_modes(modes)
     built = build_steps(config, jax.devices()[:1])
     given, config, state = config, built.config, built.abstract_state
     d = config.data
@@ -242,50 +248,6 @@ def format_report(r: dict) -> str:
     return '\n'.join(lines)
 
 
-def parse_overrides(argv):
-    """Splits `--config.a.b=v` flags off `argv`; values are parsed as Python literals when they can be."""
-    import ast
-    overrides, rest = {}, []
-    for arg in argv:
-        if arg.startswith('--config.'):
-            key, sep, value = arg[len('--config.'):].partition('=')
-            if not sep:
-                raise VtxError(f'{arg}: expected --config.FIELD=VALUE')
-            try:
-                overrides[key] = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                overrides[key] = value
-        else:
-            rest.append(arg)
-    return overrides, rest
-
-
-def main(argv=None):
-    import argparse
-    overrides, rest = parse_overrides(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog='vtx-report',
-                                     description=cli.summary(__doc__))
-    parser.add_argument('--config', required=True, help='a config file (configs/X.py)')
-    parser.add_argument('--batch', type=cli.number(minimum=1), default=1,
-                        help='batch size for the memory analysis')
-    parser.add_argument('--mode', choices=MODES, action='append', help='default: both')
-    parser.add_argument('--json', action='store_true', help='print JSON instead of text')
-    args = parser.parse_args(rest)
-    try:
-        result = analyse(vtx_config.load(args.config, overrides), args.batch, tuple(args.mode or MODES))
-    except VtxError as e:
-        print(f'vtx-report: error: {e}', file=sys.stderr)
-        sys.exit(2)
-    result['config'] = args.config
-    print(json.dumps(result, indent=1) if args.json else format_report(result))
-
-
-@cli.command
-def run():
-    """The `vtx-report` command."""
-    xla_flags.configure_host_memory()
-    main()
-
-
-if __name__ == '__main__':
-    run()
+if __name__ == '__main__':   # `python -m vtx.report` is the vtx-report command
+    from vtx.commands import report as command
+    command.run()
