@@ -96,8 +96,8 @@ def test_count_macs_loops_and_branches():
 
 def test_cli_json(capsys):
     from vtx.commands import report as command
-    command.main(['--config', os.path.join(REPO, 'configs', 'demo.py'), '--json', '--mode', 'forward']
-                 + [f'--config.{k}={v}' for k, v in TINY.items()])
+    command.main(['--config', os.path.join(REPO, 'configs', 'demo.py'), '--json',
+                  '--mode', 'forward'] + [f'--config.{k}={v}' for k, v in TINY.items()])
     out = json.loads(capsys.readouterr().out)
     assert out['forward']['macs_per_view'] == analytic_vit()[1]
     assert 'train' not in out and out['params'] == analytic_vit()[0]

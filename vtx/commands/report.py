@@ -26,7 +26,7 @@ def main(argv=None):
     from vtx import report   # JAX: only once the command line has parsed
     try:
         result = report.analyse(vtx_config.load(args.config, overrides), args.batch,
-                                report.checked_modes(args.mode or report.MODES))
+                                args.mode or report.MODES)
     except VtxError as e:
         cli.fail(e, 'vtx-report')
     result['config'] = args.config
