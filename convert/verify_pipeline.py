@@ -114,6 +114,7 @@ def scoring_model(checkpoint: str, log=None):
     import jax
     import jax.numpy as jnp
 
+    from vtx import xla_flags
     from vtx.convert import engine, families
     from vtx.models import build_model
 
@@ -126,7 +127,8 @@ def scoring_model(checkpoint: str, log=None):
     abstract = engine.abstract_params_of(model, example, train=False)
     params = families.convert_checkpoint(parity['family'], checkpoint, model_config, abstract,
                                          log=log)
-    return jax.jit(lambda p, v: model.apply({'params': p}, v, train=False)), params
+    return jax.jit(lambda p, v: model.apply({'params': p}, v, train=False),
+                   compiler_options=xla_flags.forward_compiler_options()), params
 
 
 def resolve_checkpoint(case_dir: str, named: str) -> str:

@@ -76,6 +76,11 @@ def test_cli_json_lines(capsys):
     assert lines[0]['host']['cpu_dispatch'] in ('sync', 'async')  # this suite runs on the CPU
     assert 'CPU dispatch' in benchmark.format_rates(lines[0]['rates'])
     assert 'dispatch' not in benchmark.format_rates({**lines[0]['rates'], 'cpu_dispatch': None})
+    from vtx import xla_flags
+    options = xla_flags.forward_compiler_options()
+    assert lines[0]['host']['forward_compiler_options'] == options
+    assert ('forward programs compiled with xla_cpu_use_onednn=True' in
+            benchmark.format_rates(lines[0]['rates'])) == bool(options)
     torch_peak = lines[0]['rates']['torch_peak']
     assert torch_peak is None or (torch_peak['threads'] == threads and torch_peak['size'] == 256)
     assert all(r['clips_per_sec'] > 0 and r['overrides']['model.num_layers'] == 2 for r in lines)
@@ -260,3 +265,24 @@ def test_cpu_vs_official_pools_the_rounds_as_the_baseline():
     assert pooled['xla_matmul_gflops'] == 150.0 and pooled['torch_matmul_gflops'] is None
     assert pooled['speedup_at_equal_matmul'] is None   # a round without torch's rate
     assert '| pooled |' in cpu_vs_official.markdown_row(pooled)
+
+
+def test_forward_compiler_options_only_on_avx512_and_never_over_the_users_flags(monkeypatch):
+    from vtx import xla_flags
+    # The compiler's acceptance is probed for real only where the CPU has AVX-512 (below).
+    monkeypatch.setattr(xla_flags, '_compiler_takes', lambda options: True)
+    monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_enable_fast_math=false')
+    monkeypatch.setattr(xla_flags, 'cpu_flags', lambda: {'avx2', 'avx512f'})
+    assert xla_flags.forward_compiler_options() == xla_flags.FORWARD_CPU_OPTIONS
+    monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_use_onednn=false')
+    assert xla_flags.forward_compiler_options() == {}
+    monkeypatch.setenv('XLA_FLAGS', '')
+    monkeypatch.setattr(xla_flags, 'cpu_flags', lambda: {'avx2', 'fma'})
+    assert xla_flags.forward_compiler_options() == {}
+    monkeypatch.setattr(xla_flags, '_compiler_takes', lambda options: False)
+    monkeypatch.setattr(xla_flags, 'cpu_flags', lambda: {'avx512f'})
+    assert xla_flags.forward_compiler_options() == {}
+    monkeypatch.undo()
+    if 'avx512f' in xla_flags.cpu_flags():   # this jaxlib takes the options it is pinned with
+        assert xla_flags._compiler_takes(tuple(xla_flags.FORWARD_CPU_OPTIONS.items()))
+        assert not xla_flags._compiler_takes((('xla_cpu_no_such_option', True),))

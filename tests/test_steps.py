@@ -28,6 +28,7 @@ class _Recorded:
 
     def __init__(self, name, fn, uses):
         self.name, self.fn, self.uses = name, fn, uses
+        self.__wrapped__ = fn.__wrapped__   # what `report.traced_macs` traces, as of a jit
 
     def __call__(self, *args):
         self.uses.append((self.name, 'call'))
@@ -60,3 +61,23 @@ def test_trainer_report_and_benchmark_use_the_built_steps(demo_data_dir, tmp_pat
     peak = benchmark.matmul_peak('float32', size=64, repeats=1)
     benchmark.benchmark(config, batch=2, mode='train', warmup=0, steps=1, peak=peak)
     assert ('train_step', 'lower') in uses
+
+
+def test_forward_programs_take_onednn_dots_where_the_cpu_has_avx512(tmp_path):
+    """The programs without a backward pass compile with `xla_flags.forward_compiler_options`:
+    on an AVX-512 CPU their matmuls are oneDNN's, while the train step keeps XLA's defaults;
+    elsewhere neither has a oneDNN matmul."""
+    import jax
+    from vtx import xla_flags
+    built = report.build_steps(tiny_demo_config(str(tmp_path)))
+    state = built.init_state()
+    batch = benchmark._random_batch(built, 2)
+    compiled = {mode: fn.lower(*args).compile().as_text() for mode in ('forward', 'train')
+                for fn, args in [report.step_call(built, mode, state, batch)]}
+    eval_batch = {'image': batch['image'][:, None], 'label': batch['label'],
+                  'mask': jax.numpy.ones(batch['label'].shape, bool)}
+    compiled['eval'] = built.eval_step.lower(state.params, eval_batch).compile().as_text()
+    onednn = {mode: '__onednn_fusion' in text for mode, text in compiled.items()}
+    expected = 'avx512f' in xla_flags.cpu_flags() and not xla_flags._named_in_xla_flags(
+        xla_flags.FORWARD_CPU_OPTIONS)
+    assert onednn == {'forward': expected, 'eval': expected, 'train': False}

@@ -117,7 +117,10 @@ def format_rates(rates: dict) -> str:
             + (f"; XLA_FLAGS={rates['xla_flags']!r}" if rates['xla_flags'] else '')
             + (f"; GLIBC_TUNABLES={rates['glibc_tunables']!r}" if rates['glibc_tunables'] else '')
             + (f"; THP {rates['thp_mode']}" if rates['thp_mode'] else '')
-            + (f"; CPU dispatch {rates['cpu_dispatch']}" if rates['cpu_dispatch'] else ''))
+            + (f"; CPU dispatch {rates['cpu_dispatch']}" if rates['cpu_dispatch'] else '')
+            + ('; forward programs compiled with '
+               + ' '.join(f'{k}={v}' for k, v in rates['forward_compiler_options'].items())
+               if rates.get('forward_compiler_options') else ''))
 
 
 def _random_batch(built: Steps, batch: int):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from vtx import families, optim, sharding
+from vtx import families, optim, sharding, xla_flags
 from vtx.errors import VtxError
 from vtx.models import build_model, resolve_dtype
 
@@ -157,7 +157,8 @@ def eval_step(params, batch, *, model, config, mesh, gathered=None):
 def make_forward(model):
     """Jitted `eval_logits` of `model`, called as (params, clips). It has no shardings of its
     own, so it runs where its arguments are: sharded ones in the benchmark, one device in predict."""
-    return jax.jit(functools.partial(eval_logits, model))
+    return jax.jit(functools.partial(eval_logits, model),
+                   compiler_options=xla_flags.forward_compiler_options())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,5 +223,6 @@ def build(config, mesh: Mesh) -> Steps:
             donate_argnums=(0,)),
         eval_step=jax.jit(functools.partial(eval_step, model=model, config=config, mesh=mesh,
                                             gathered=gathered),
-                          in_shardings=(params_sharding, batch_sharding), out_shardings=replicated),
+                          in_shardings=(params_sharding, batch_sharding), out_shardings=replicated,
+                          compiler_options=xla_flags.forward_compiler_options()),
         forward=make_forward(model))

@@ -6,6 +6,7 @@ XLA:CPU sizes its thread pools from the process's CPU affinity at that moment, X
 XLA_FLAGS once, glibc reads GLIBC_TUNABLES when the process starts, and JAX decides on its
 compilation cache at the first compilation.
 """
+import functools
 import hashlib
 import os
 import platform
@@ -15,11 +16,70 @@ import sys
 from vtx.errors import VtxError
 
 # Flags `import vtx` adds to XLA_FLAGS unless the user's XLA_FLAGS already names them. Each
-# backend reads only its own (xla_cpu_*, xla_gpu_*, ...). No xla_cpu_* option beat XLA:CPU's own
-# defaults in the measurements of docs/performance.md ("XLA:CPU options"), so none is set. On GPUs
+# backend reads only its own (xla_cpu_*, xla_gpu_*, ...). No xla_cpu_* flag beat XLA:CPU's own
+# defaults for every program in the measurements of docs/performance.md ("XLA:CPU options"), so
+# none is set here; the forward programs' compile options are the one exception (below). On GPUs
 # the latency-hiding scheduler overlaps a step's collectives (gradient all-reduce, FSDP
 # all-gathers) with its compute, as NVIDIA's JAX containers do.
 DEFAULT_FLAGS = {'xla_gpu_enable_latency_hiding_scheduler': 'true'}
+
+
+# Compile options of the programs that run a model forward only (eval, predict, the benchmark's
+# forward): where XLA:CPU runs on an x86-64 CPU with AVX-512, each matmul goes to a oneDNN matmul
+# of its own instead of a YNNPACK fusion. Measured on 2 cores, each program compiled both ways in
+# one process and alternated (docs/performance.md, "oneDNN for the forward programs"): on an AMD
+# EPYC (Zen 5) TPS-T's eval 0.485 -> 0.445 s median and the other five families' level to 4%
+# faster; on an Intel Xeon Video Swin-T's eval level to 3% faster. Train steps keep XLA's
+# defaults (Video Swin-T's 4.3 -> 6.0 s with it on the Xeon), as do CPUs without AVX-512: XLA's
+# oneDNN fusion of a dot with its neighbours killed the process (SIGILL) on an AVX2 host, and
+# this form was measured on AVX-512 hosts only. A user's XLA_FLAGS naming either option wins
+# (`--xla_cpu_use_onednn=false` turns it off).
+FORWARD_CPU_OPTIONS = {'xla_cpu_use_onednn': True,
+                       'xla_cpu_experimental_onednn_fusion_type':
+                           'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags /proc/cpuinfo lists for the first CPU (empty where it has none)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('flags'):
+                    return set(line.split(':', 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _named_in_xla_flags(names) -> bool:
+    named = {part.split('=')[0].lstrip('-') for part in os.environ.get('XLA_FLAGS', '').split()}
+    return bool(named & set(names))
+
+
+@functools.cache
+def _compiler_takes(options: tuple) -> bool:
+    """Whether this jaxlib's CPU compiler accepts `options` (a tuple of items): their names and
+    values are XLA's, which a later release may rename."""
+    import jax
+    import jax.numpy as jnp
+    try:
+        x = jnp.ones((8, 8), jnp.float32)
+        jax.jit(jnp.matmul).lower(x, x).compile(compiler_options=dict(options))
+    except Exception:  # noqa: BLE001 - any refusal means: compile without them
+        return False
+    return True
+
+
+def forward_compiler_options() -> dict:
+    """FORWARD_CPU_OPTIONS where JAX's default backend is the CPU, the CPU has AVX-512, the user's
+    XLA_FLAGS names none of them and this jaxlib takes them; else no options. For `jax.jit`'s
+    `compiler_options` of programs without a backward pass."""
+    import jax
+    if (jax.default_backend() != 'cpu' or 'avx512f' not in cpu_flags()
+            or _named_in_xla_flags(FORWARD_CPU_OPTIONS)
+            or not _compiler_takes(tuple(FORWARD_CPU_OPTIONS.items()))):
+        return {}
+    return dict(FORWARD_CPU_OPTIONS)
 
 
 def backends_started() -> bool:
@@ -176,12 +236,15 @@ def cpu_model() -> str:
 
 def host() -> dict:
     """The compute resources of this process, for a benchmark's record. `cpu_dispatch` is None
-    where JAX's default backend is not the CPU: the setting then touches no program timed."""
+    where JAX's default backend is not the CPU: the setting then touches no program timed;
+    `forward_compiler_options` are those of its forward programs."""
     import jax
+    on_cpu = jax.default_backend() == 'cpu'
     return {'cpu_model': cpu_model(), 'cpus_online': os.cpu_count(),
             'threads': len(os.sched_getaffinity(0)), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
             'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''), 'thp_mode': thp_mode(),
-            'cpu_dispatch': cpu_dispatch() if jax.default_backend() == 'cpu' else None}
+            'cpu_dispatch': cpu_dispatch() if on_cpu else None,
+            'forward_compiler_options': forward_compiler_options()}
 
 
 # vtx's commands that compile a model (vtx-train, vtx-predict) keep the compiled XLA programs in
