@@ -176,6 +176,8 @@ class Steps:
     train_step: Callable  # (state, batch) -> (state, metrics); the state argument is donated
     eval_step: Callable   # (params, batch of views) -> replicated metric sums
     forward: Callable     # (params, clips) -> logits
+    # eval_step and forward compile with `xla_flags.forward_compiler_options()`, so JAX runs them
+    # at top level only: inside a function of your own, call `eval_logits` or `eval_step`.
 
 
 def build(config, mesh: Mesh) -> Steps:

@@ -51,9 +51,9 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def _named_in_xla_flags(names) -> bool:
-    named = {part.split('=')[0].lstrip('-') for part in os.environ.get('XLA_FLAGS', '').split()}
-    return bool(named & set(names))
+def _xla_flags_named() -> set[str]:
+    """The flag names the user's XLA_FLAGS sets."""
+    return {part.split('=')[0].lstrip('-') for part in os.environ.get('XLA_FLAGS', '').split()}
 
 
 @functools.cache
@@ -76,7 +76,7 @@ def forward_compiler_options() -> dict:
     `compiler_options` of programs without a backward pass."""
     import jax
     if (jax.default_backend() != 'cpu' or 'avx512f' not in cpu_flags()
-            or _named_in_xla_flags(FORWARD_CPU_OPTIONS)
+            or _xla_flags_named() & set(FORWARD_CPU_OPTIONS)
             or not _compiler_takes(tuple(FORWARD_CPU_OPTIONS.items()))):
         return {}
     return dict(FORWARD_CPU_OPTIONS)
@@ -92,7 +92,7 @@ def apply_defaults(flags: dict[str, str] = DEFAULT_FLAGS) -> list[str]:
     returns those added. Once JAX has started its backends XLA no longer reads XLA_FLAGS, so then
     nothing is added."""
     current = os.environ.get('XLA_FLAGS', '')
-    named = {part.split('=')[0].lstrip('-') for part in current.split()}
+    named = _xla_flags_named()
     added = [f'--{name}={value}' for name, value in flags.items() if name not in named]
     if not added or backends_started():
         return []
