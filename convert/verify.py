@@ -40,7 +40,7 @@ def verify_case(case_dir: str, log=None) -> dict:
     import jax.numpy as jnp
 
     from vtx import families as registry
-    from vtx import xla_flags
+    from vtx import steps
     from vtx.convert import engine, families
     from vtx.models import build_model
 
@@ -61,9 +61,9 @@ def verify_case(case_dir: str, log=None) -> dict:
     with_features = ('features' in outputs and
                      registry.family(model_config['name']).returns_features)
     kwargs = {'return_features': True} if with_features else {}
-    # Compiled as vtx compiles a forward program (`steps.make_forward`), so parity holds for it.
-    out = jax.jit(lambda p, v: model.apply({'params': p}, v, train=False, **kwargs),
-                  compiler_options=xla_flags.forward_compiler_options())(params, jnp.asarray(video))
+    # Compiled as vtx compiles its forward programs (`steps.jit_forward`), so parity holds there.
+    out = steps.jit_forward(lambda p, v: model.apply({'params': p}, v, train=False, **kwargs))(
+        params, jnp.asarray(video))
     logits, features = out if with_features else (out, None)
     logits = np.asarray(logits)
     tol = {**DEFAULT_TOLERANCE, **manifest.get('tolerance', {})}

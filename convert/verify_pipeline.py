@@ -111,10 +111,9 @@ def views_to_vtx_layout(views: np.ndarray, layout: str) -> np.ndarray:
 
 def scoring_model(checkpoint: str, log=None):
     """(jitted apply, params) of an official parity checkpoint, from its case's manifest."""
-    import jax
     import jax.numpy as jnp
 
-    from vtx import xla_flags
+    from vtx import steps
     from vtx.convert import engine, families
     from vtx.models import build_model
 
@@ -127,8 +126,7 @@ def scoring_model(checkpoint: str, log=None):
     abstract = engine.abstract_params_of(model, example, train=False)
     params = families.convert_checkpoint(parity['family'], checkpoint, model_config, abstract,
                                          log=log)
-    return jax.jit(lambda p, v: model.apply({'params': p}, v, train=False),
-                   compiler_options=xla_flags.forward_compiler_options()), params
+    return steps.jit_forward(lambda p, v: model.apply({'params': p}, v, train=False)), params
 
 
 def resolve_checkpoint(case_dir: str, named: str) -> str:

@@ -14,7 +14,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vtx import checkpoint, steps, xla_flags  # noqa: E402
+from vtx import checkpoint, steps  # noqa: E402
 from vtx import config as vtx_config  # noqa: E402
 from vtx.errors import VtxError  # noqa: E402
 from vtx.models import build_model  # noqa: E402
@@ -88,8 +88,7 @@ class Predictor:
         self.label_names = names
         self.aggregation = config.data.eval_aggregation
         self._logits = steps.make_forward(self.model)
-        self._features = jax.jit(functools.partial(steps.eval_features, self.model),
-                                 compiler_options=xla_flags.forward_compiler_options())
+        self._features = steps.jit_forward(functools.partial(steps.eval_features, self.model))
 
     @property
     def class_names(self) -> Optional[List[str]]:

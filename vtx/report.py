@@ -145,13 +145,10 @@ def peak_memory_bytes(compiled) -> int | None:
 def traced_macs(fn, args, params) -> dict:
     """`count_macs` of the jitted `fn(*args)`, with the leaves of `params` (within `args`) as the
     weights."""
-    # The jit's own function is traced: JAX refuses to trace a jit compiled with options (the
-    # forward programs', `xla_flags.forward_compiler_options`) inside another trace.
-    inner = jax.make_jaxpr(getattr(fn, '__wrapped__', fn))(*args).jaxpr
-    # A function that only calls a jit is one pjit equation: count inside it, where the inputs
-    # are the flattened `args` leaves and the parameters are known by identity.
-    if len(inner.eqns) == 1 and 'jaxpr' in inner.eqns[0].params:
-        inner = inner.eqns[0].params['jaxpr'].jaxpr
+    # The jit's own function is traced (JAX refuses to trace a forward-only jit,
+    # `steps.jit_forward`, inside another trace); its inputs are the flattened `args` leaves, and
+    # the parameters are known by identity.
+    inner = jax.make_jaxpr(fn.__wrapped__)(*args).jaxpr
     param_ids = {id(p) for p in jax.tree.leaves(params)}
     weight_vars = {v for v, leaf in zip(inner.invars, jax.tree.leaves(args))
                    if id(leaf) in param_ids}

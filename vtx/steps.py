@@ -154,11 +154,18 @@ def eval_step(params, batch, *, model, config, mesh, gathered=None):
             'top5': (topk_correct(scores, batch['label'], 5) * mask).sum(), 'count': mask.sum()}
 
 
+def jit_forward(fun, **jit_kwargs):
+    """`jax.jit` of a program that runs a model forward only (no backward pass), compiled with
+    `xla_flags.forward_compiler_options()`. JAX runs such a program at top level only: inside a
+    function of your own, call `fun` itself."""
+    return jax.jit(fun, compiler_options=xla_flags.forward_compiler_options(), **jit_kwargs)
+
+
 def make_forward(model):
-    """Jitted `eval_logits` of `model`, called as (params, clips). It has no shardings of its
-    own, so it runs where its arguments are: sharded ones in the benchmark, one device in predict."""
-    return jax.jit(functools.partial(eval_logits, model),
-                   compiler_options=xla_flags.forward_compiler_options())
+    """Forward-only jit (`jit_forward`) of `eval_logits` of `model`, called as (params, clips). It
+    has no shardings of its own, so it runs where its arguments are: sharded ones in the
+    benchmark, one device in predict."""
+    return jit_forward(functools.partial(eval_logits, model))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,8 +183,8 @@ class Steps:
     train_step: Callable  # (state, batch) -> (state, metrics); the state argument is donated
     eval_step: Callable   # (params, batch of views) -> replicated metric sums
     forward: Callable     # (params, clips) -> logits
-    # eval_step and forward compile with `xla_flags.forward_compiler_options()`, so JAX runs them
-    # at top level only: inside a function of your own, call `eval_logits` or `eval_step`.
+    # eval_step and forward are forward-only jits (`jit_forward`): JAX runs them at top level
+    # only; inside a function of your own, call `eval_logits` or `eval_step`.
 
 
 def build(config, mesh: Mesh) -> Steps:
@@ -223,8 +230,8 @@ def build(config, mesh: Mesh) -> Steps:
                               mesh=mesh, gathered=gathered),
             in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, replicated),
             donate_argnums=(0,)),
-        eval_step=jax.jit(functools.partial(eval_step, model=model, config=config, mesh=mesh,
-                                            gathered=gathered),
-                          in_shardings=(params_sharding, batch_sharding), out_shardings=replicated,
-                          compiler_options=xla_flags.forward_compiler_options()),
+        eval_step=jit_forward(functools.partial(eval_step, model=model, config=config, mesh=mesh,
+                                                gathered=gathered),
+                              in_shardings=(params_sharding, batch_sharding),
+                              out_shardings=replicated),
         forward=make_forward(model))

@@ -39,16 +39,21 @@ FORWARD_CPU_OPTIONS = {'xla_cpu_use_onednn': True,
                            'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
 
 
-def cpu_flags() -> set[str]:
-    """The instruction-set flags /proc/cpuinfo lists for the first CPU (empty where it has none)."""
+def _cpuinfo(key: str) -> str | None:
+    """The first CPU's `key` line of /proc/cpuinfo ('model name', 'flags'), or None."""
     try:
         with open('/proc/cpuinfo') as f:
             for line in f:
-                if line.startswith('flags'):
-                    return set(line.split(':', 1)[1].split())
+                if line.startswith(key):
+                    return line.split(':', 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags /proc/cpuinfo lists for the first CPU (empty where it has none)."""
+    return set((_cpuinfo('flags') or '').split())
 
 
 def _xla_flags_named() -> set[str]:
@@ -226,12 +231,8 @@ def pin_threads(threads: int) -> list[int]:
 
 
 def cpu_model() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-    except OSError:
-        names = []
-    return names[0] if names else 'unknown CPU'
+    name = _cpuinfo('model name')
+    return 'unknown CPU' if name is None else name
 
 
 def host() -> dict:
