@@ -286,3 +286,19 @@ def test_forward_compiler_options_only_on_avx512_and_never_over_the_users_flags(
     if 'avx512f' in xla_flags.cpu_flags():   # this jaxlib takes the options it is pinned with
         assert xla_flags._compiler_takes(tuple(xla_flags.FORWARD_CPU_OPTIONS.items()))
         assert not xla_flags._compiler_takes((('xla_cpu_no_such_option', True),))
+
+
+def test_forward_options_script_runs_both_forms_on_the_same_inputs(monkeypatch):
+    """scripts/forward_options.py compiles the forward with vtx's options and without, on
+    parameters whose all-zero arrays (the demo TokShift's classifier) are drawn at random, and
+    times both. Where vtx does not use the options (no AVX-512), XLA's oneDNN is not risked here:
+    the script then compares two option-free forms."""
+    from scripts import forward_options
+    from vtx import xla_flags
+    if not xla_flags.forward_compiler_options():
+        monkeypatch.setattr(xla_flags, 'FORWARD_CPU_OPTIONS', {})
+    row = forward_options.compare('demo', rounds=2, steps=1)
+    assert row['max_logit'] > 0   # the zero-initialised classifier was drawn
+    assert row['max_logit_difference'] <= 1e-5 * row['max_logit']
+    assert all(row[f'{form}_s_min'] > 0 for form in forward_options.FORMS)
+    assert row['xla_gflops'][0] > 0 and '| demo | 2 × 1 |' in forward_options.markdown_row(row)

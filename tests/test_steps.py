@@ -71,7 +71,7 @@ def test_forward_programs_take_onednn_dots_where_the_cpu_has_avx512(tmp_path):
     from vtx import xla_flags
     built = report.build_steps(tiny_demo_config(str(tmp_path)))
     state = built.init_state()
-    batch = benchmark._random_batch(built, 2)
+    batch = benchmark.random_batch(built, 2)
     compiled = {mode: fn.lower(*args).compile().as_text() for mode in ('forward', 'train')
                 for fn, args in [report.step_call(built, mode, state, batch)]}
     eval_batch = {'image': batch['image'][:, None], 'label': batch['label'],

@@ -52,7 +52,8 @@ def compute_dtype(config) -> str:
     return resolve_dtype(config.model.get('dtype', 'float32'))
 
 
-def _timed(fn, repeats: int) -> list[float]:
+def timed(fn, repeats: int) -> list[float]:
+    """The wall seconds of each of `repeats` calls of `fn`, each waited for (`block_until_ready`)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -79,8 +80,8 @@ def matmul_peak(dtype: str, size: int | None = None, warmup: int = 2, repeats: i
 def _matmul_rate(matmul, size: int, count: int, warmup: int, repeats: int, **fields) -> dict:
     """FLOP/s of `count` [size, size] @ [size, size] products a call of `matmul`: the median and
     the best of `repeats` calls after `warmup` untimed ones."""
-    _timed(matmul, warmup)
-    times = _timed(matmul, repeats)
+    timed(matmul, warmup)
+    times = timed(matmul, repeats)
     flops = 2 * size ** 3 * count
     return {'size': size, **fields, 'flops_per_sec': flops / statistics.median(times),
             'flops_per_sec_max': flops / min(times)}
@@ -123,7 +124,9 @@ def format_rates(rates: dict) -> str:
                if rates.get('forward_compiler_options') else ''))
 
 
-def _random_batch(built: Steps, batch: int):
+def random_batch(built: Steps, batch: int):
+    """Random clips and labels, `batch` of each, for `built`'s config, placed as its steps take
+    them (`built.batch_sharding`)."""
     rng = np.random.default_rng(0)
     config = built.config
     local = {'image': rng.uniform(-1, 1, input_shape(config, batch)).astype(np.float32),
@@ -147,7 +150,7 @@ def benchmark(config, batch: int = 1, mode: str = 'train', warmup: int = 1, step
         raise VtxError(f"--batch {batch} must be a multiple of the mesh's data axis "
                        f"({data_devices} devices)")
     state = built.init_state()
-    data = _random_batch(built, batch)
+    data = random_batch(built, batch)
     fn, args = report.step_call(built, mode, state, data)
     compiled, costs = report.step_costs(fn, args, state.params, mode)
     compile_s = costs['lower_s'] + costs['xla_compile_s']  # what a training run waits for
@@ -161,9 +164,9 @@ def benchmark(config, batch: int = 1, mode: str = 'train', warmup: int = 1, step
         def step():
             return compiled(*args)
 
-    _timed(step, warmup)
+    timed(step, warmup)
     before = resource.getrusage(resource.RUSAGE_SELF)
-    times = _timed(step, steps)
+    times = timed(step, steps)
     after = resource.getrusage(resource.RUSAGE_SELF)
     median = statistics.median(times)
     dtype = compute_dtype(config)

@@ -29,7 +29,8 @@ DEFAULT_FLAGS = {'xla_gpu_enable_latency_hiding_scheduler': 'true'}
 # of its own instead of a YNNPACK fusion. Measured on 2 cores, each program compiled both ways in
 # one process and alternated (docs/performance.md, "oneDNN for the forward programs"): on an AMD
 # EPYC (Zen 5) TPS-T's eval 0.485 -> 0.445 s median and the other five families' level to 4%
-# faster; on an Intel Xeon Video Swin-T's eval level to 3% faster. Train steps keep XLA's
+# faster; on an Intel Xeon Video Swin-T's eval level to 3% faster; on the EPYC every zoo config
+# 0.97-1.16x (`scripts/forward_options.py`, which checks this on any CPU). Train steps keep XLA's
 # defaults (Video Swin-T's 4.3 -> 6.0 s with it on the Xeon), as do CPUs without AVX-512: XLA's
 # oneDNN fusion of a dot with its neighbours killed the process (SIGILL) on an AVX2 host, and
 # this form was measured on AVX-512 hosts only. A user's XLA_FLAGS naming either option wins
