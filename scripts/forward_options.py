@@ -27,6 +27,10 @@ import statistics
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
@@ -43,9 +47,6 @@ FORMS = ('xla_defaults', 'vtx_options')
 
 def nonzero_params(params, seed: int = 0):
     """`params` with every all-zero array replaced by normal(0, 0.02) draws."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
     rng = np.random.default_rng(seed)
     return jax.tree.map(
         lambda p: p if bool(jnp.any(p)) else jnp.asarray(
@@ -54,8 +55,6 @@ def nonzero_params(params, seed: int = 0):
 
 def compare(config_name: str, rounds: int, steps: int, overrides=None) -> dict:
     """One config's row: both forms' step times, their logits' largest difference, the rates."""
-    import jax
-    import jax.numpy as jnp
     config = vtx_config.load(config_name, overrides or {})
     built = report.build_steps(config)
     params = nonzero_params(built.init_state().params)
