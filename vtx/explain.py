@@ -47,7 +47,6 @@ from vtx.models.token_selection import (SpatialWindowSelection, TemporalSelectio
                                         window_token_indices)
 
 SELECTION, ROLLOUT, GRAD_CAM = 'token selection', 'attention rollout', 'grad-cam'
-ROLLOUT_FAMILIES = ('vit', 'xvit')
 FRAMES_PER_ROW = 8
 
 
