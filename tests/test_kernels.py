@@ -11,7 +11,8 @@ import pytest
 
 from vtx.errors import VtxError
 from vtx.kernels import attention as attention_kernel
-from vtx.kernels import backend, patches
+from vtx import report, steps, xla_flags
+from vtx.kernels import backend, native, patches
 from vtx.kernels.attention import (attention, attention_with_weights, dot_product_attention,
                                    sum_to_shape)
 from vtx.kernels.pooling import _weight_gradient, max_pool, shifted_sum_conv
@@ -184,6 +185,92 @@ def test_packed_attention_is_attention_of_its_parts(monkeypatch, chunk_bytes):
     np.testing.assert_array_equal(dbias, ref_dbias)
     np.testing.assert_array_equal(
         dot_product_attention(qkv, bias=bias, mask=mask), ref)
+
+
+def _needs_native_kernel():
+    if not native.window_attention_available():
+        pytest.skip('the native window attention needs an x86-64 CPU with AVX-512F and a C++ '
+                    'compiler')
+
+
+@pytest.mark.parametrize('lead,n,heads,head_dim', [
+    ((1, 2, 3), 49, 3, 32),    # TPS-sized windows: a partial last vector of keys and tile of rows
+    ((2,), 7, 2, 8),           # fewer tokens than one vector or one tile
+    ((1, 1), 33, 1, 20),       # head_dim not a multiple of 16
+    ((3,), 18, 2, 64)])
+def test_native_window_attention_is_the_textbook_formula(lead, n, heads, head_dim):
+    """Eval of Video Swin's form of attention (packed float32 qkv, a bias shared by the windows,
+    no mask) runs as the native kernel on CPU and gives a float64 numpy softmax(q k^T / sqrt(d) +
+    bias) v to float32 rounding, as XLA's kernels do. (Official parity through it:
+    tests/test_video_swin.py.)"""
+    _needs_native_kernel()
+    rng = np.random.default_rng(12)
+    qkv = rng.normal(size=(*lead, n, 3, heads, head_dim))
+    bias = rng.normal(size=(1, 1, heads, n, n))
+    q, k, v = (qkv[..., i, :, :] for i in range(3))
+    s = np.einsum('...qhd,...khd->...hqk', q, k) / np.sqrt(head_dim) + bias[0]
+    p = np.exp(s - s.max(-1, keepdims=True))
+    expected = np.einsum('...hqk,...khd->...qhd', p / p.sum(-1, keepdims=True), v)
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    evaluate = steps.jit_forward(lambda x, b: dot_product_attention(x, bias=b))
+    assert native.TARGET in evaluate.lower(f32(qkv), f32(bias)).as_text()
+    out = evaluate(f32(qkv), f32(bias))
+    xla = attention_with_weights(*(f32(x) for x in (q, k, v)), bias=f32(bias))[0]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=2e-6)
+    assert np.abs(np.asarray(out) - expected).max() <= 2 * np.abs(np.asarray(xla) - expected).max()
+    # What the report counts as executed: the kernel's two products, as XLA's would be.
+    count = lambda f: report.count_macs(jax.make_jaxpr(f)(f32(qkv), f32(bias)).jaxpr)['macs']
+    assert count(lambda x, b: dot_product_attention(x, bias=b)) == count(
+        lambda x, b: attention_with_weights(*(x[..., i, :, :] for i in range(3)), bias=b)[0])
+
+
+def test_native_window_attention_is_left_where_it_does_not_apply():
+    """A mask, separate q/k/v, bfloat16, head_dim over 64, a bias per window or the train step's
+    forward keep XLA's kernels."""
+    rng = np.random.default_rng(13)
+    qkv = jnp.asarray(rng.normal(size=(2, 9, 3, 2, 8)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(2, 9, 9)), jnp.float32)
+    applies = attention_kernel._native_window_attention_applies
+    mask = attention_kernel.SegmentMask(jnp.zeros((2, 9), jnp.int32), jnp.zeros((2, 9), jnp.int32),
+                                        jnp.float32(-100.0))
+    assert not applies(qkv, bias, mask)
+    assert not applies(tuple(qkv[..., i, :, :] for i in range(3)), bias, None)
+    assert not applies(qkv.astype(jnp.bfloat16), bias, None)
+    assert not applies(jnp.zeros((2, 9, 3, 1, 80), jnp.float32), jnp.zeros((1, 9, 9)), None)
+    assert not applies(qkv, jnp.zeros((2, 1, 2, 9, 9)), None)   # one bias per window
+    with backend.accelerator_forms():
+        assert not applies(qkv, bias, None)
+    train_forward = jax.make_jaxpr(lambda x: jax.vjp(
+        lambda y: dot_product_attention(y, bias=bias), x)[0])(qkv)
+    assert native.TARGET not in str(train_forward)
+
+
+@pytest.fixture
+def fresh_native_state():
+    native.window_attention_available.cache_clear()
+    yield
+    native.window_attention_available.cache_clear()
+
+
+def test_native_kernel_is_optional(monkeypatch, tmp_path, caplog, fresh_native_state):
+    """`VTX_NATIVE_KERNELS=0` turns the kernel off; a compiler that fails leaves it off with one
+    warning naming the source and the compiler, and no library in the cache; either way eval runs
+    on XLA's kernels."""
+    monkeypatch.setenv('VTX_CACHE_DIR', str(tmp_path))
+    monkeypatch.setenv('VTX_NATIVE_KERNELS', '0')
+    assert not native.window_attention_available()
+    qkv = jnp.ones((2, 9, 3, 2, 8), jnp.float32)
+    bias = jnp.zeros((2, 9, 9), jnp.float32)
+    program = steps.jit_forward(lambda x: dot_product_attention(x, bias=bias)).lower(qkv).as_text()
+    assert native.TARGET not in program
+    native.window_attention_available.cache_clear()
+    monkeypatch.setenv('VTX_NATIVE_KERNELS', '1')
+    monkeypatch.setenv('CXX', 'false')
+    with caplog.at_level('WARNING', logger=native.__name__):
+        assert not native.window_attention_available()
+    if 'avx512f' in xla_flags.cpu_flags():   # else it stops before compiling
+        assert 'window_attention.cc with false failed' in caplog.text
+        assert not list(tmp_path.rglob('*.so'))
 
 
 def test_chunk_loops_cover_a_count_of_chunks_that_the_unroll_does_not_divide(monkeypatch):

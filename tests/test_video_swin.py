@@ -22,6 +22,7 @@ from convert.verify import to_model_layout
 from tests.test_families import full_size_models
 from vtx import optim
 from vtx import config as vtx_config
+from vtx.kernels import native
 from vtx.kernels.attention import attention
 from vtx.models import build_model, video_swin
 
@@ -129,6 +130,22 @@ def test_window_geometry_matches_official_trace(case):
         assert list(shift) == stage['effective_shift_for_odd_blocks']
         assert [-(-g // s) * s for g, s in zip(grid, win)] == stage['padded_DHW']
         grid = [grid[0], -(-grid[1] // 2), -(-grid[2] // 2)]
+
+
+@pytest.mark.parametrize('case', cases('video_swin'))
+def test_official_parity_through_the_native_window_attention(monkeypatch, case):
+    """On a CPU where vtx's native window attention runs (`vtx.kernels.native`), the official
+    cases' eval goes through it (head_dim 4 and 8 here) and still matches the official logits."""
+    if not native.window_attention_available():
+        pytest.skip('the native window attention needs an x86-64 CPU with AVX-512F and a C++ '
+                    'compiler')
+    calls = []
+    kernel = native.window_attention
+    monkeypatch.setattr(native, 'window_attention',
+                        lambda qkv, bias: calls.append(qkv.shape) or kernel(qkv, bias))
+    ours, official, tol = run_case(case)
+    assert calls, f'{case}: no window attention ran natively'
+    np.testing.assert_allclose(ours, official, **tol)
 
 
 def test_clipped_window_bias_quirk_is_reproduced():

@@ -121,7 +121,8 @@ def format_rates(rates: dict) -> str:
             + (f"; CPU dispatch {rates['cpu_dispatch']}" if rates['cpu_dispatch'] else '')
             + ('; forward programs compiled with '
                + ' '.join(f'{k}={v}' for k, v in rates['forward_compiler_options'].items())
-               if rates.get('forward_compiler_options') else ''))
+               if rates.get('forward_compiler_options') else '')
+            + ('; native window attention' if rates.get('native_window_attention') else ''))
 
 
 def random_batch(built: Steps, batch: int):

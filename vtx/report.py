@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from vtx import sharding, steps
 from vtx.errors import VtxError
-from vtx.kernels import backend
+from vtx.kernels import backend, native
 from vtx.models import IMPLEMENTATION_FIELDS
 
 MODES = ('forward', 'train')
@@ -44,7 +44,8 @@ def _subjaxprs(eqn):
 
 
 def count_macs(jaxpr, params_are=None) -> dict:
-    """Multiply-accumulates of the matmuls and convolutions in `jaxpr` (a core.Jaxpr).
+    """Multiply-accumulates of the matmuls, convolutions and native window attention
+    (`vtx.kernels.native`) in `jaxpr` (a core.Jaxpr).
 
     `params_are`: the set of variables that hold weights (inputs of the traced function that are
     parameters). A matmul with no operand derived from a weight is "activation x activation"
@@ -65,6 +66,10 @@ def count_macs(jaxpr, params_are=None) -> dict:
                 totals['macs'] += times * macs
                 if not any(v in weight_vars for v in ins):
                     totals['attention_macs'] += times * macs
+            elif name == 'ffi_call' and eqn.params['target_name'] == native.TARGET:
+                macs = native.window_attention_macs(eqn.invars[0].aval.shape)
+                totals['macs'] += times * macs
+                totals['attention_macs'] += times * macs
             elif name == 'conv_general_dilated':
                 rhs = eqn.invars[1].aval.shape
                 out_features = rhs[eqn.params['dimension_numbers'].rhs_spec[0]]

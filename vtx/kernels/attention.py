@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from vtx.errors import VtxError
-from vtx.kernels import backend
+from vtx.kernels import backend, native
 
 # 'xla': `attention` (float32 softmax, bias, mask, dropout). 'jax':
 # `jax.nn.dot_product_attention` with its XLA implementation (what it picks when not told; it
@@ -383,11 +383,36 @@ def _scores_shape(query, key_length: int):
     return (*query.shape[:-3], query.shape[-2], query.shape[-3], key_length)
 
 
+def _native_window_attention_applies(inputs, bias, mask) -> bool:
+    """Whether eval of this attention runs as `native.window_attention`: on CPU, Video Swin's
+    form of it (one packed float32 qkv projection, head_dim up to 64, a [heads, N, N] bias shared
+    by every window, no mask), fixed sizes (an exported artefact keeps XLA's kernels: its batch is
+    symbolic), and the kernel built here."""
+    if isinstance(inputs, tuple) or bias is None or mask is not None or not backend.cpu_forms():
+        return False
+    *lead, n, three, heads, head_dim = inputs.shape
+    return (head_dim <= native.MAX_HEAD_DIM and inputs.dtype == jnp.float32
+            and all(isinstance(x, int) for x in inputs.shape)
+            and bias.shape[-3:] == (heads, n, n) and all(x == 1 for x in bias.shape[:-3])
+            and native.window_attention_available())
+
+
+def _native_window_attention(qkv, bias):
+    *lead, n, three, heads, head_dim = qkv.shape
+    out = native.window_attention(qkv.reshape(-1, n, three, heads, head_dim),
+                                  bias.reshape(heads, n, n).astype(jnp.float32))
+    return out.reshape(*lead, n, heads, head_dim)
+
+
 def _attention_forward(inputs, bias, mask, keep_weights: bool = True):
     """(output, residuals): the primal's output and what the backward needs. Whole, residuals are
     heads-first; in chunks they are the token-major inputs and output (each chunk transposes its
     own slice, in cache) and the weights in chunks. Without `keep_weights` (eval) there are no
-    residuals, and whole attention without bias or mask may run in query rows (`_query_rows`)."""
+    residuals, Video Swin's window attention runs as one native kernel where it can
+    (`_native_window_attention_applies`), and whole attention without bias or mask may run in
+    query rows (`_query_rows`)."""
+    if not keep_weights and _native_window_attention_applies(inputs, bias, mask):
+        return _native_window_attention(inputs, bias), None
     query, key, value = _unpack(inputs)
     scores_shape = _scores_shape(query, key.shape[-3])
     plan = _chunk_plan(scores_shape)
@@ -489,10 +514,11 @@ def attention(query, key, value, bias, mask):
 
     Eval runs the primal and drops the weights; the train step runs the same forward as the VJP's
     and keeps them, so both compute the same bits. On CPU, large attention runs in chunks of
-    about CHUNK_BYTES of scores (see `_chunk_plan`); the one exception to equal bits is eval of
-    MViT's pooled attention, in chunks of query rows where the train step runs it whole
-    (`_query_rows`): the same up to float32 rounding (bit for bit at MViT-B's shapes on the
-    2-core host)."""
+    about CHUNK_BYTES of scores (see `_chunk_plan`); the exceptions to equal bits are two CPU
+    forms of eval, the same up to float32 rounding: MViT's pooled attention in chunks of query
+    rows where the train step runs it whole (`_query_rows`; bit for bit at MViT-B's shapes on the
+    2-core host), and Video Swin's window attention as one native kernel
+    (`_native_window_attention_applies`)."""
     return _attention_forward((query, key, value), bias, mask, keep_weights=False)[0]
 
 
