@@ -3,6 +3,8 @@
 (The attention VJP against autodiff of the attention formula is
 tests/test_video_swin.py::test_attention_vjp_equals_autodiff_of_the_formula; that the
 fast paths keep official parity is tests/test_benchmark.py.)"""
+from unittest import mock
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -225,8 +227,8 @@ def test_native_window_attention_is_the_textbook_formula(lead, n, heads, head_di
 
 
 def test_native_window_attention_is_left_where_it_does_not_apply():
-    """A mask, separate q/k/v, bfloat16, head_dim over 64, a bias per window or the train step's
-    forward keep XLA's kernels."""
+    """A mask, separate q/k/v, bfloat16, head_dim over 64, a bias per window, several devices or
+    the train step's forward keep XLA's kernels."""
     rng = np.random.default_rng(13)
     qkv = jnp.asarray(rng.normal(size=(2, 9, 3, 2, 8)), jnp.float32)
     bias = jnp.asarray(rng.normal(size=(2, 9, 9)), jnp.float32)
@@ -239,6 +241,8 @@ def test_native_window_attention_is_left_where_it_does_not_apply():
     assert not applies(jnp.zeros((2, 9, 3, 1, 80), jnp.float32), jnp.zeros((1, 9, 9)), None)
     assert not applies(qkv, jnp.zeros((2, 1, 2, 9, 9)), None)   # one bias per window
     with backend.accelerator_forms():
+        assert not applies(qkv, bias, None)
+    with mock.patch.object(jax, 'device_count', lambda: 8):
         assert not applies(qkv, bias, None)
     train_forward = jax.make_jaxpr(lambda x: jax.vjp(
         lambda y: dot_product_attention(y, bias=bias), x)[0])(qkv)

@@ -387,8 +387,10 @@ def _native_window_attention_applies(inputs, bias, mask) -> bool:
     """Whether eval of this attention runs as `native.window_attention`: on CPU, Video Swin's
     form of it (one packed float32 qkv projection, head_dim up to 64, a [heads, N, N] bias shared
     by every window, no mask), fixed sizes (an exported artefact keeps XLA's kernels: its batch is
-    symbolic), and the kernel built here."""
-    if isinstance(inputs, tuple) or bias is None or mask is not None or not backend.cpu_forms():
+    symbolic), one device (XLA's partitioner would gather a sharded batch onto every device for a
+    custom call), and the kernel built here."""
+    if (isinstance(inputs, tuple) or bias is None or mask is not None or not backend.cpu_forms()
+            or jax.device_count() > 1):
         return False
     *lead, n, three, heads, head_dim = inputs.shape
     return (head_dim <= native.MAX_HEAD_DIM and inputs.dtype == jnp.float32
