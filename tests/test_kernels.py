@@ -176,6 +176,8 @@ def test_packed_attention_is_attention_of_its_parts(monkeypatch, chunk_bytes):
     if chunk_bytes:
         monkeypatch.setattr(attention_kernel, 'CHUNK_ABOVE', 0)
         monkeypatch.setattr(attention_kernel, 'CHUNK_BYTES', chunk_bytes)
+    # XLA's path (the native kernel's eval is checked against the formula on its own, below).
+    monkeypatch.setattr(native, 'window_attention_available', lambda: False)
     cotangent = jnp.asarray(rng.normal(size=(*lead, n, heads, hd)), jnp.float32)
     out, pullback = jax.vjp(lambda *a: attention_kernel.packed_attention(*a, mask), qkv, bias)
     ref, ref_pullback = jax.vjp(lambda *a: attention(*a, mask),
@@ -195,55 +197,67 @@ def _needs_native_kernel():
                     'compiler')
 
 
-@pytest.mark.parametrize('lead,n,heads,head_dim', [
-    ((1, 2, 3), 49, 3, 32),    # TPS-sized windows: a partial last vector of keys and tile of rows
-    ((2,), 7, 2, 8),           # fewer tokens than one vector or one tile
-    ((1, 1), 33, 1, 20),       # head_dim not a multiple of 16
-    ((3,), 18, 2, 64)])
-def test_native_window_attention_is_the_textbook_formula(lead, n, heads, head_dim):
-    """Eval of Video Swin's form of attention (packed float32 qkv, a bias shared by the windows,
-    no mask) runs as the native kernel on CPU and gives a float64 numpy softmax(q k^T / sqrt(d) +
-    bias) v to float32 rounding, as XLA's kernels do. (Official parity through it:
-    tests/test_video_swin.py.)"""
+@pytest.mark.parametrize('lead,n,heads,head_dim,bias_lead,masked', [
+    ((1, 2, 3), 49, 3, 32, (1, 1), False),   # a bias shared by the windows
+    ((2, 4, 3), 49, 2, 32, (4, 1), True),    # TPS: a bias per frame, shifted windows' mask
+    ((2,), 7, 2, 8, (), False),              # fewer tokens than one vector or one tile
+    ((1, 1), 33, 1, 20, (1,), True),         # head_dim not a multiple of 16
+    ((3,), 18, 2, 64, (), False)])
+def test_native_window_attention_is_the_textbook_formula(lead, n, heads, head_dim, bias_lead,
+                                                         masked):
+    """Eval of Video Swin's and TPS's form of attention (packed float32 qkv, a bias shared by the
+    windows or one per frame, no mask or the shifted windows' regions) runs as the native kernel
+    on CPU and gives a float64 numpy softmax(q k^T / sqrt(d) + bias + mask) v to float32 rounding,
+    as XLA's kernels do. (Official parity through it: tests/test_video_swin.py.)"""
     _needs_native_kernel()
     rng = np.random.default_rng(12)
     qkv = rng.normal(size=(*lead, n, 3, heads, head_dim))
-    bias = rng.normal(size=(1, 1, heads, n, n))
+    bias = rng.normal(size=(*bias_lead, heads, n, n))
+    ids = rng.integers(0, 3, size=(*lead[1:], n))
     q, k, v = (qkv[..., i, :, :] for i in range(3))
-    s = np.einsum('...qhd,...khd->...hqk', q, k) / np.sqrt(head_dim) + bias[0]
+    s = np.einsum('...qhd,...khd->...hqk', q, k) / np.sqrt(head_dim) + bias
+    if masked:
+        s = s + np.where(ids[..., None, :, None] == ids[..., None, None, :], 0.0, -100.0)
     p = np.exp(s - s.max(-1, keepdims=True))
     expected = np.einsum('...hqk,...khd->...qhd', p / p.sum(-1, keepdims=True), v)
     f32 = lambda a: jnp.asarray(a, jnp.float32)
-    evaluate = steps.jit_forward(lambda x, b: dot_product_attention(x, bias=b))
+    ids = jnp.asarray(ids, jnp.int32)
+    mask = attention_kernel.SegmentMask(ids, ids, jnp.float32(-100.0)) if masked else None
+    attend = lambda x, b: dot_product_attention(x, bias=b, mask=mask)
+    evaluate = steps.jit_forward(attend)
     assert native.TARGET in evaluate.lower(f32(qkv), f32(bias)).as_text()
     out = evaluate(f32(qkv), f32(bias))
-    xla = attention_with_weights(*(f32(x) for x in (q, k, v)), bias=f32(bias))[0]
+    xla = attention_with_weights(*(f32(x) for x in (q, k, v)),
+                                 bias=f32(bias) + (mask.additive() if masked else 0))[0]
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=2e-6)
     assert np.abs(np.asarray(out) - expected).max() <= 2 * np.abs(np.asarray(xla) - expected).max()
     # What the report counts as executed: the kernel's two products, as XLA's would be.
     count = lambda f: report.count_macs(jax.make_jaxpr(f)(f32(qkv), f32(bias)).jaxpr)['macs']
-    assert count(lambda x, b: dot_product_attention(x, bias=b)) == count(
-        lambda x, b: attention_with_weights(*(x[..., i, :, :] for i in range(3)), bias=b)[0])
+    assert count(attend) == count(lambda x, b: attention_with_weights(
+        *(x[..., i, :, :] for i in range(3)), bias=b)[0])
 
 
 def test_native_window_attention_is_left_where_it_does_not_apply():
-    """A mask, separate q/k/v, bfloat16, head_dim over 64, a bias per window, several devices or
-    the train step's forward keep XLA's kernels."""
+    """Separate q/k/v, bfloat16, head_dim over 64, a bias varying along two window axes, a mask
+    whose ids are not given per window, several devices or the train step's forward keep XLA's
+    kernels."""
     rng = np.random.default_rng(13)
-    qkv = jnp.asarray(rng.normal(size=(2, 9, 3, 2, 8)), jnp.float32)
+    qkv = jnp.asarray(rng.normal(size=(2, 3, 9, 3, 2, 8)), jnp.float32)
     bias = jnp.asarray(rng.normal(size=(2, 9, 9)), jnp.float32)
-    applies = attention_kernel._native_window_attention_applies
-    mask = attention_kernel.SegmentMask(jnp.zeros((2, 9), jnp.int32), jnp.zeros((2, 9), jnp.int32),
-                                        jnp.float32(-100.0))
-    assert not applies(qkv, bias, mask)
-    assert not applies(tuple(qkv[..., i, :, :] for i in range(3)), bias, None)
-    assert not applies(qkv.astype(jnp.bfloat16), bias, None)
-    assert not applies(jnp.zeros((2, 9, 3, 1, 80), jnp.float32), jnp.zeros((1, 9, 9)), None)
-    assert not applies(qkv, jnp.zeros((2, 1, 2, 9, 9)), None)   # one bias per window
+    layout = attention_kernel._native_window_attention_layout
+    ids = jnp.zeros((3, 9), jnp.int32)
+    segments = lambda q, k: attention_kernel.SegmentMask(q, k, jnp.float32(-100.0))
+    if native.window_attention_available():
+        assert layout(qkv, bias, segments(ids, ids)) is not None
+    assert layout(qkv, bias, segments(ids[:2], ids[:2])) is None
+    assert layout(tuple(qkv[..., i, :, :] for i in range(3)), bias, None) is None
+    assert layout(qkv.astype(jnp.bfloat16), bias, None) is None
+    assert layout(jnp.zeros((2, 9, 3, 1, 80), jnp.float32), jnp.zeros((1, 9, 9)), None) is None
+    assert layout(qkv, jnp.zeros((2, 3, 2, 9, 9)), None) is None
     with backend.accelerator_forms():
-        assert not applies(qkv, bias, None)
+        assert layout(qkv, bias, None) is None
     with mock.patch.object(jax, 'device_count', lambda: 8):
-        assert not applies(qkv, bias, None)
+        assert layout(qkv, bias, None) is None
     train_forward = jax.make_jaxpr(lambda x: jax.vjp(
         lambda y: dot_product_attention(y, bias=bias), x)[0])(qkv)
     assert native.TARGET not in str(train_forward)

@@ -18,7 +18,7 @@ import pytest
 
 from vtx import families as registry
 from vtx.convert import engine, families, inflate
-from convert.verify import to_model_layout
+from convert.verify import to_model_layout, verify_case
 from tests.test_families import full_size_models
 from vtx import optim
 from vtx import config as vtx_config
@@ -132,20 +132,26 @@ def test_window_geometry_matches_official_trace(case):
         grid = [grid[0], -(-grid[1] // 2), -(-grid[2] // 2)]
 
 
-@pytest.mark.parametrize('case', cases('video_swin'))
+WINDOW_ATTENTION_CASES = (cases('video_swin') + cases('tps')
+                          + [c for c in cases('stts') if 'videoswin' in c])
+
+
+@pytest.mark.parametrize('case', WINDOW_ATTENTION_CASES)
 def test_official_parity_through_the_native_window_attention(monkeypatch, case):
-    """On a CPU where vtx's native window attention runs (`vtx.kernels.native`), the official
-    cases' eval goes through it (head_dim 4 and 8 here) and still matches the official logits."""
+    """On a CPU where vtx's native window attention runs (`vtx.kernels.native`), the eval of the
+    official Video Swin, TPS and STTS-Video Swin cases goes through it (head_dim 4 and 8 here,
+    shifted windows with the -100 mask, TPS's bias per frame) and still matches the official
+    logits."""
     if not native.window_attention_available():
         pytest.skip('the native window attention needs an x86-64 CPU with AVX-512F and a C++ '
                     'compiler')
     calls = []
     kernel = native.window_attention
     monkeypatch.setattr(native, 'window_attention',
-                        lambda qkv, bias: calls.append(qkv.shape) or kernel(qkv, bias))
-    ours, official, tol = run_case(case)
+                        lambda qkv, *args: calls.append(qkv.shape) or kernel(qkv, *args))
+    result = verify_case(os.path.join(CASES, case))
     assert calls, f'{case}: no window attention ran natively'
-    np.testing.assert_allclose(ours, official, **tol)
+    assert result['passed'], f'{case}: {json.dumps(result)}'
 
 
 def test_clipped_window_bias_quirk_is_reproduced():

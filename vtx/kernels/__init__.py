@@ -5,8 +5,8 @@ parameters.
   attention         the attention every model shares (heads-first products, a hand-written VJP
                     that also sums a window-shared bias's gradient), and the choice of what runs it
   backend           the switch between the kernels' CPU forms and accelerators' forms
-  native            vtx's C++ kernels for XLA:CPU (window_attention.cc: Video Swin's window
-                    attention in eval), built on first use with the host's compiler
+  native            vtx's C++ kernels for XLA:CPU (window_attention.cc: Video Swin's and TPS's
+                    window attention in eval), built on first use with the host's compiler
   patches           strided convolutions (every family's patch embedding) as one matmul over
                     patches on CPU
   pooling           MViT's pooling conv, and its skip max pool's gradient, by strided slices

@@ -383,26 +383,49 @@ def _scores_shape(query, key_length: int):
     return (*query.shape[:-3], query.shape[-2], query.shape[-3], key_length)
 
 
-def _native_window_attention_applies(inputs, bias, mask) -> bool:
-    """Whether eval of this attention runs as `native.window_attention`: on CPU, Video Swin's
-    form of it (one packed float32 qkv projection, head_dim up to 64, a [heads, N, N] bias shared
-    by every window, no mask), fixed sizes (an exported artefact keeps XLA's kernels: its batch is
-    symbolic), one device (XLA's partitioner would gather a sharded batch onto every device for a
-    custom call), and the kernel built here."""
-    if (isinstance(inputs, tuple) or bias is None or mask is not None or not backend.cpu_forms()
-            or jax.device_count() > 1):
-        return False
-    *lead, n, three, heads, head_dim = inputs.shape
-    return (head_dim <= native.MAX_HEAD_DIM and inputs.dtype == jnp.float32
-            and all(isinstance(x, int) for x in inputs.shape)
-            and bias.shape[-3:] == (heads, n, n) and all(x == 1 for x in bias.shape[:-3])
-            and native.window_attention_available())
+def _native_window_attention_layout(inputs, bias, mask):
+    """(bias [count, heads, N, N], period, ids [rows, N] or None) for `native.window_attention`
+    (see there), or None where eval of this attention keeps XLA's kernels. The kernel takes the
+    window attention of Video Swin and TPS as their eval runs it on CPU: one packed float32 qkv
+    projection (head_dim up to 64), a bias shared by all windows or one per window index along
+    one leading axis (TPS's per frame), and no mask or a SegmentMask whose query and key ids are
+    given per window (the shifted windows' regions); fixed sizes (an exported artefact
+    keeps XLA's kernels: its batch is symbolic), one device (XLA's partitioner would gather a
+    sharded batch onto every device for a custom call), and the kernel built here."""
+    if (isinstance(inputs, tuple) or bias is None or not backend.cpu_forms()
+            or jax.device_count() > 1 or inputs.dtype != jnp.float32
+            or not all(isinstance(x, int) for x in inputs.shape)):
+        return None
+    *lead, n, _, heads, head_dim = inputs.shape
+    bias_lead = bias.shape[:-3]
+    if (head_dim > native.MAX_HEAD_DIM or bias.shape[-3:] != (heads, n, n)
+            or len(bias_lead) > len(lead)):
+        return None
+    varying = [i for i, size in enumerate(bias_lead, len(lead) - len(bias_lead)) if size != 1]
+    if len(varying) > 1 or any(bias.shape[i - len(lead) - 3] != lead[i] for i in varying):
+        return None
+    count, period = (lead[varying[0]], math.prod(lead[varying[0] + 1:])) if varying else (1, 1)
+    ids = None
+    if mask is not None:
+        if not isinstance(mask, SegmentMask) or mask.query_ids.shape != mask.key_ids.shape:
+            return None
+        id_lead = list(mask.query_ids.shape[:-1])
+        while id_lead and id_lead[0] == 1:
+            id_lead.pop(0)
+        if (mask.query_ids.shape[-1] != n or len(id_lead) > len(lead)
+                or id_lead != lead[len(lead) - len(id_lead):]):
+            return None
+        ids = (mask.query_ids.reshape(-1, n), mask.key_ids.reshape(-1, n))
+    if not native.window_attention_available():
+        return None
+    return bias.reshape(count, heads, n, n).astype(jnp.float32), period, ids
 
 
-def _native_window_attention(qkv, bias):
+def _native_window_attention(qkv, layout, mask):
+    bias, period, ids = layout
     *lead, n, three, heads, head_dim = qkv.shape
-    out = native.window_attention(qkv.reshape(-1, n, three, heads, head_dim),
-                                  bias.reshape(heads, n, n).astype(jnp.float32))
+    out = native.window_attention(qkv.reshape(-1, n, three, heads, head_dim), bias, period, ids,
+                                  None if ids is None else mask.value)
     return out.reshape(*lead, n, heads, head_dim)
 
 
@@ -410,11 +433,12 @@ def _attention_forward(inputs, bias, mask, keep_weights: bool = True):
     """(output, residuals): the primal's output and what the backward needs. Whole, residuals are
     heads-first; in chunks they are the token-major inputs and output (each chunk transposes its
     own slice, in cache) and the weights in chunks. Without `keep_weights` (eval) there are no
-    residuals, Video Swin's window attention runs as one native kernel where it can
-    (`_native_window_attention_applies`), and whole attention without bias or mask may run in
+    residuals, window attention runs as one native kernel where it can
+    (`_native_window_attention_layout`), and whole attention without bias or mask may run in
     query rows (`_query_rows`)."""
-    if not keep_weights and _native_window_attention_applies(inputs, bias, mask):
-        return _native_window_attention(inputs, bias), None
+    layout = None if keep_weights else _native_window_attention_layout(inputs, bias, mask)
+    if layout is not None:
+        return _native_window_attention(inputs, layout, mask), None
     query, key, value = _unpack(inputs)
     scores_shape = _scores_shape(query, key.shape[-3])
     plan = _chunk_plan(scores_shape)
@@ -519,8 +543,8 @@ def attention(query, key, value, bias, mask):
     about CHUNK_BYTES of scores (see `_chunk_plan`); the exceptions to equal bits are two CPU
     forms of eval, the same up to float32 rounding: MViT's pooled attention in chunks of query
     rows where the train step runs it whole (`_query_rows`; bit for bit at MViT-B's shapes on the
-    2-core host), and Video Swin's window attention as one native kernel
-    (`_native_window_attention_applies`)."""
+    2-core host), and Video Swin's and TPS's window attention as one native kernel
+    (`_native_window_attention_layout`)."""
     return _attention_forward((query, key, value), bias, mask, keep_weights=False)[0]
 
 

@@ -19,7 +19,9 @@ import subprocess
 import tempfile
 
 import jax
+import jax.numpy as jnp
 import jaxlib
+import numpy as np
 
 from vtx import hub, xla_flags
 
@@ -82,20 +84,32 @@ def window_attention_available() -> bool:
                                     platform='cpu')
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, 'stderr', '') or ''
-        log.warning('vtx: building or loading %s with %s failed (%s%s); window attention runs on XLA\'s '
-                    'kernels', SOURCE, compiler, e, f': {detail[-2000:]}' if detail else '')
+        log.warning('vtx: building or loading %s with %s failed (%s%s); window attention runs '
+                    'on XLA\'s kernels', SOURCE, compiler, e,
+                    f': {detail[-2000:]}' if detail else '')
         return False
     return True
 
 
-def window_attention(qkv, bias):
-    """softmax(q k^T / sqrt(head_dim) + bias) v for packed qkv [windows, tokens, 3, heads,
-    head_dim] (head_dim <= MAX_HEAD_DIM) and a bias [heads, tokens, tokens] shared by the windows,
-    float32 -> [windows, tokens, heads, head_dim]; needs `window_attention_available()`."""
+def window_attention(qkv, bias, period: int = 1, ids=None, mask_value=None):
+    """softmax(q k^T / sqrt(head_dim) + bias + mask) v for packed qkv [windows, tokens, 3, heads,
+    head_dim] (head_dim <= MAX_HEAD_DIM), float32 -> [windows, tokens, heads, head_dim]; needs
+    `window_attention_available()`.
+
+    `bias` [count, heads, tokens, tokens]: window w takes bias (w // period) % count (count 1: one
+    bias for all windows). `ids`: None (no mask) or the (query, key) regions, each [rows, tokens]
+    int32: window w takes row w % rows, and `mask_value` is added where a query's and a key's
+    regions differ.
+    """
     windows, tokens, _, heads, head_dim = qkv.shape
-    return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((windows, tokens, heads, head_dim),
+    if ids is None:
+        empty = jnp.zeros((0, tokens), jnp.int32)
+        ids, mask_value = (empty, empty), jnp.zeros((), jnp.float32)
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((windows, tokens, heads, head_dim),
                                                          qkv.dtype),
-                            vmap_method='sequential')(qkv, bias)
+                            vmap_method='sequential')
+    return call(qkv, bias, *(x.astype(jnp.int32) for x in ids),
+                jnp.reshape(mask_value, (1,)).astype(jnp.float32), period=np.int64(period))
 
 
 def window_attention_macs(qkv_shape) -> int:

@@ -8,13 +8,19 @@
 // about 180 GFLOP/s against 450 for a square matmul). Here a tile of R query rows gets its scores,
 // softmax and product with the values while its scores stay in the first-level cache.
 //
-// Inputs, as Video Swin's attention holds them (token-major, no transposed copies):
-//   qkv  [W, N, 3, H, D]  the qkv projection of W windows of N tokens, D <= 64
-//   bias [H, N, N]        the relative position bias, shared by the windows
+// Inputs, as Video Swin's and TPS's attention hold them (token-major, no transposed copies):
+//   qkv   [W, N, 3, H, D]  the qkv projection of W windows of N tokens, D <= 64
+//   bias  [L, H, N, N]     the relative position bias: window w takes bias (w / period) % L
+//                          (attribute `period`; L = 1: shared by all windows, TPS: one per frame)
+//   query_ids, key_ids [M, N] int32  the shifted windows' region of each query and key token
+//                          (M = 0: no mask): window w takes row w % M, and `mask_value` [1] is
+//                          added to the bias where a query's and a key's regions differ (the
+//                          official -100 mask)
 // Output [W, N, H, D]. Numerics as vtx.kernels.attention's formula: q scaled by D^-1/2 before
-// its product with the keys, bias added, the row maximum subtracted, exponentials summed, the
-// product with the values divided by the row sums; the exponential is a degree-7 polynomial
-// (relative error within a float32 rounding or two), so results differ from XLA's in the last bits.
+// its product with the keys, bias plus mask added, the row maximum subtracted, exponentials
+// summed, the product with the values divided by the row sums; the exponential is a degree-7
+// polynomial (relative error within a float32 rounding or two), so results differ from XLA's in
+// the last bits.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -94,8 +100,9 @@ inline void score_tile(const float (&q)[kRows][kMaxHeadDim], int64_t head_dim, c
 // One window's head; `vectors` = the head_dim in vectors (the last one partial where head_dim is
 // not a multiple of 16).
 template <int vectors_d>
-void attend_one_head(const Shapes& s, const float* qkv, const float* bias, float* out,
-                     Scratch& scratch) {
+void attend_one_head(const Shapes& s, const float* qkv, const float* bias,
+                     const int32_t* query_ids, const int32_t* key_ids, float mask_value,
+                     float* out, Scratch& scratch) {
   const int64_t n = s.tokens, padded = s.padded, vectors = padded / kLanes, hd = s.head_dim;
   const float* q = qkv;
   const float* k = qkv + s.heads * hd;
@@ -133,12 +140,18 @@ void attend_one_head(const Shapes& s, const float* qkv, const float* bias, float
     for (int r = 0; r < rows; ++r) {
       float* row = scores + r * padded;
       const float* bias_row = bias + (i0 + r) * n;
+      const __m512i query_id = _mm512_set1_epi32(query_ids ? query_ids[i0 + r] : 0);
       __m512 row_max = _mm512_set1_ps(-INFINITY);
       for (int64_t c = 0; c < vectors; ++c) {
         const __mmask16 valid = c == vectors - 1 ? last_valid : 0xFFFF;
-        const __m512 x = _mm512_mask_add_ps(
-            _mm512_set1_ps(-INFINITY), valid, _mm512_loadu_ps(row + c * kLanes),
-            _mm512_maskz_loadu_ps(valid, bias_row + c * kLanes));
+        __m512 b = _mm512_maskz_loadu_ps(valid, bias_row + c * kLanes);
+        if (query_ids) {   // bias + mask first, as the formula adds their sum to the scores
+          const __mmask16 apart = _mm512_mask_cmpneq_epi32_mask(
+              valid, _mm512_maskz_loadu_epi32(valid, key_ids + c * kLanes), query_id);
+          b = _mm512_mask_add_ps(b, apart, b, _mm512_set1_ps(mask_value));
+        }
+        const __m512 x = _mm512_mask_add_ps(_mm512_set1_ps(-INFINITY), valid,
+                                            _mm512_loadu_ps(row + c * kLanes), b);
         _mm512_storeu_ps(row + c * kLanes, x);
         row_max = _mm512_max_ps(row_max, x);
       }
@@ -164,7 +177,8 @@ void attend_one_head(const Shapes& s, const float* qkv, const float* bias, float
         vj[e] = _mm512_maskz_loadu_ps(e == vectors_d - 1 ? last_d : 0xFFFF, value + e * kLanes);
       for (int r = 0; r < kRows; ++r) {
         const __m512 p = _mm512_set1_ps(scores[r * padded + j]);
-        for (int e = 0; e < vectors_d; ++e) context[r][e] = _mm512_fmadd_ps(p, vj[e], context[r][e]);
+        for (int e = 0; e < vectors_d; ++e)
+          context[r][e] = _mm512_fmadd_ps(p, vj[e], context[r][e]);
       }
     }
     for (int r = 0; r < rows; ++r) {
@@ -185,6 +199,11 @@ struct Job {
   Shapes shapes;
   const float* qkv;
   const float* bias;
+  int64_t bias_count, bias_period;
+  const int32_t* query_ids;   // nullptr: no mask
+  const int32_t* key_ids;
+  int64_t id_rows;
+  float mask_value;
   float* out;
   int64_t total;
   std::atomic<int64_t> next{0};
@@ -200,13 +219,17 @@ struct Job {
       if (!scratch) scratch = std::make_unique<Scratch>(shapes);
       const int64_t window = i / shapes.heads, head = i % shapes.heads;
       const float* x = qkv + window * shapes.tokens * shapes.token_stride + head * hd;
-      const float* b = bias + head * shapes.tokens * shapes.tokens;
-      float* o = out + window * shapes.tokens * width + head * hd;
+      const int64_t n = shapes.tokens;
+      const float* b = bias + ((window / bias_period) % bias_count * shapes.heads + head) * n * n;
+      const int64_t row = query_ids ? window % id_rows * n : 0;
+      const int32_t* qi = query_ids ? query_ids + row : nullptr;
+      const int32_t* ki = query_ids ? key_ids + row : nullptr;
+      float* o = out + window * n * width + head * hd;
       switch ((hd + kLanes - 1) / kLanes) {
-        case 1: attend_one_head<1>(shapes, x, b, o, *scratch); break;
-        case 2: attend_one_head<2>(shapes, x, b, o, *scratch); break;
-        case 3: attend_one_head<3>(shapes, x, b, o, *scratch); break;
-        default: attend_one_head<4>(shapes, x, b, o, *scratch); break;
+        case 1: attend_one_head<1>(shapes, x, b, qi, ki, mask_value, o, *scratch); break;
+        case 2: attend_one_head<2>(shapes, x, b, qi, ki, mask_value, o, *scratch); break;
+        case 3: attend_one_head<3>(shapes, x, b, qi, ki, mask_value, o, *scratch); break;
+        default: attend_one_head<4>(shapes, x, b, qi, ki, mask_value, o, *scratch); break;
       }
     }
     if (done) {
@@ -218,19 +241,33 @@ struct Job {
 };
 
 ffi::Error WindowAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
-                           ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> out) {
+                           ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::S32> query_ids,
+                           ffi::Buffer<ffi::S32> key_ids, ffi::Buffer<ffi::F32> mask_value,
+                           int64_t period,
+                           ffi::ResultBuffer<ffi::F32> out) {
   const auto dims = qkv.dimensions();
   const auto bias_dims = bias.dimensions();
+  const auto id_dims = query_ids.dimensions();
   if (dims.size() != 5 || dims[2] != 3 || dims[4] < 1 || dims[4] > kMaxHeadDim)
     return ffi::Error::InvalidArgument("qkv must be [windows, tokens, 3, heads, head_dim <= 64]");
-  if (bias_dims.size() != 3 || bias_dims[0] != dims[3] || bias_dims[1] != dims[1] ||
-      bias_dims[2] != dims[1])
-    return ffi::Error::InvalidArgument("bias must be [heads, tokens, tokens]");
+  if (bias_dims.size() != 4 || bias_dims[0] < 1 || bias_dims[1] != dims[3] ||
+      bias_dims[2] != dims[1] || bias_dims[3] != dims[1] || period < 1)
+    return ffi::Error::InvalidArgument("bias must be [count, heads, tokens, tokens], period >= 1");
+  if (id_dims.size() != 2 || (id_dims[0] > 0 && id_dims[1] != dims[1]) ||
+      key_ids.element_count() != query_ids.element_count() || mask_value.element_count() != 1)
+    return ffi::Error::InvalidArgument(
+        "query_ids and key_ids must be [rows, tokens] and mask_value one number");
   auto job = std::make_shared<Job>();
   job->shapes = {dims[0], dims[1], dims[3], dims[4], (dims[1] + kLanes - 1) / kLanes * kLanes,
                  3 * dims[3] * dims[4], static_cast<float>(std::pow(double(dims[4]), -0.5))};
   job->qkv = qkv.typed_data();
   job->bias = bias.typed_data();
+  job->bias_count = bias_dims[0];
+  job->bias_period = period;
+  job->query_ids = id_dims[0] > 0 ? query_ids.typed_data() : nullptr;
+  job->key_ids = key_ids.typed_data();
+  job->id_rows = id_dims[0];
+  job->mask_value = mask_value.typed_data()[0];
   job->out = out->typed_data();
   job->total = dims[0] * dims[3];
   if (job->total == 0) return ffi::Error::Success();
@@ -249,4 +286,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VtxWindowAttention, WindowAttention,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("period")
                                   .Ret<ffi::Buffer<ffi::F32>>());
