@@ -384,14 +384,14 @@ def _scores_shape(query, key_length: int):
 
 
 def _native_window_attention_layout(inputs, bias, mask):
-    """(bias [count, heads, N, N], period, ids [rows, N] or None) for `native.window_attention`
-    (see there), or None where eval of this attention keeps XLA's kernels. The kernel takes the
-    window attention of Video Swin and TPS as their eval runs it on CPU: one packed float32 qkv
-    projection (head_dim up to 64), a bias shared by all windows or one per window index along
-    one leading axis (TPS's per frame), and no mask or a SegmentMask whose query and key ids are
-    given per window (the shifted windows' regions); fixed sizes (an exported artefact
-    keeps XLA's kernels: its batch is symbolic), one device (XLA's partitioner would gather a
-    sharded batch onto every device for a custom call), and the kernel built here."""
+    """(bias [count, heads, N, N], period, None or the (query, key) ids [rows, N]) for
+    `native.window_attention` (see there), or None where eval of this attention keeps XLA's
+    kernels. The kernel takes the window attention of Video Swin and TPS as their eval runs it on
+    CPU: one packed float32 qkv projection (head_dim up to 64), a bias shared by all windows or one
+    per window index along one leading axis (TPS's per frame), and no mask or a SegmentMask whose
+    query and key ids are given per window (the shifted windows' regions); fixed sizes (an exported
+    artefact keeps XLA's kernels: its batch is symbolic), one device (XLA's partitioner would
+    gather a sharded batch onto every device for a custom call), and the kernel built here."""
     if (isinstance(inputs, tuple) or bias is None or not backend.cpu_forms()
             or jax.device_count() > 1 or inputs.dtype != jnp.float32
             or not all(isinstance(x, int) for x in inputs.shape)):

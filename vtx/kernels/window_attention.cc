@@ -97,8 +97,8 @@ inline void score_tile(const float (&q)[kRows][kMaxHeadDim], int64_t head_dim, c
       _mm512_storeu_ps(scores + r * padded + (first + b) * kLanes, acc[r][b]);
 }
 
-// One window's head; `vectors` = the head_dim in vectors (the last one partial where head_dim is
-// not a multiple of 16).
+// One window's head; `vectors_d` = the head_dim in vectors (the last one partial where head_dim
+// is not a multiple of 16).
 template <int vectors_d>
 void attend_one_head(const Shapes& s, const float* qkv, const float* bias,
                      const int32_t* query_ids, const int32_t* key_ids, float mask_value,
