@@ -191,7 +191,8 @@ def test_packed_attention_is_attention_of_its_parts(monkeypatch, chunk_bytes):
         dot_product_attention(qkv, bias=bias, mask=mask), ref)
 
 
-def _needs_native_kernel():
+def needs_native_kernel():
+    """Skips the calling test where vtx's native window attention cannot run here."""
     if not native.window_attention_available():
         pytest.skip('the native window attention needs an x86-64 CPU with AVX-512F and a C++ '
                     'compiler')
@@ -209,7 +210,7 @@ def test_native_window_attention_is_the_textbook_formula(lead, n, heads, head_di
     windows or one per frame, no mask or the shifted windows' regions) runs as the native kernel
     on CPU and gives a float64 numpy softmax(q k^T / sqrt(d) + bias + mask) v to float32 rounding,
     as XLA's kernels do. (Official parity through it: tests/test_video_swin.py.)"""
-    _needs_native_kernel()
+    needs_native_kernel()
     rng = np.random.default_rng(12)
     qkv = rng.normal(size=(*lead, n, 3, heads, head_dim))
     bias = rng.normal(size=(*bias_lead, heads, n, n))

@@ -20,6 +20,7 @@ from vtx import families as registry
 from vtx.convert import engine, families, inflate
 from convert.verify import to_model_layout, verify_case
 from tests.test_families import full_size_models
+from tests.test_kernels import needs_native_kernel
 from vtx import optim
 from vtx import config as vtx_config
 from vtx.kernels import native
@@ -142,9 +143,7 @@ def test_official_parity_through_the_native_window_attention(monkeypatch, case):
     official Video Swin, TPS and STTS-Video Swin cases goes through it (head_dim 4 and 8 here,
     shifted windows with the -100 mask, TPS's bias per frame) and still matches the official
     logits."""
-    if not native.window_attention_available():
-        pytest.skip('the native window attention needs an x86-64 CPU with AVX-512F and a C++ '
-                    'compiler')
+    needs_native_kernel()
     calls = []
     kernel = native.window_attention
     monkeypatch.setattr(native, 'window_attention',
