@@ -150,7 +150,7 @@ def main(argv=None):
           f"torch; XLA_FLAGS={host['xla_flags']!r}; GLIBC_TUNABLES={host['glibc_tunables']!r}; "
           f"THP {host['thp_mode']}; CPU dispatch {host['cpu_dispatch']}; forward programs' "
           f"compile options {host['forward_compiler_options'] or 'none'}; native window "
-          f"attention {'on' if host['native_window_attention'] else 'off'}", flush=True)
+          f"attention {host['native_window_attention'] or 'off'}", flush=True)
     official = official_times(args.baseline)
     torch_then = baseline_torch_peak(args.baseline)
     if torch_then:

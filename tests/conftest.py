@@ -80,3 +80,21 @@ def demo_data_dir(tmp_path_factory):
     c = tiny_demo_config(str(path))
     synthetic.ensure(c.data)
     return str(path)
+
+
+@pytest.fixture(params=['avx512', 'avx2'])
+def native_build(request, monkeypatch):
+    """Each build of vtx's native window attention (`vtx.kernels.native.BUILDS`) in turn, made
+    the one eval uses (`VTX_NATIVE_KERNELS`); skips a build that cannot run here. An AVX-512 CPU
+    runs both, so the AVX2 build is tested there too."""
+    from vtx.kernels import native
+    monkeypatch.setenv(native.ENV, request.param)
+    native.window_attention_build.cache_clear()
+    try:
+        if native.window_attention_build() != request.param:
+            pytest.skip(f'the {request.param} build of the native window attention needs an '
+                        f'x86-64 CPU with {", ".join(sorted(native.BUILDS[request.param][0]))} '
+                        'and a C++ compiler')
+        yield request.param
+    finally:
+        native.window_attention_build.cache_clear()

@@ -13,7 +13,7 @@ import pytest
 
 from vtx.errors import VtxError
 from vtx.kernels import attention as attention_kernel
-from vtx import report, steps, xla_flags
+from vtx import report, steps
 from vtx.kernels import backend, native, patches
 from vtx.kernels.attention import (attention, attention_with_weights, dot_product_attention,
                                    sum_to_shape)
@@ -191,13 +191,6 @@ def test_packed_attention_is_attention_of_its_parts(monkeypatch, chunk_bytes):
         dot_product_attention(qkv, bias=bias, mask=mask), ref)
 
 
-def needs_native_kernel():
-    """Skips the calling test where vtx's native window attention cannot run here."""
-    if not native.window_attention_available():
-        pytest.skip('the native window attention needs an x86-64 CPU with AVX-512F and a C++ '
-                    'compiler')
-
-
 @pytest.mark.parametrize('lead,n,heads,head_dim,bias_lead,masked', [
     ((1, 2, 3), 49, 3, 32, (1, 1), False),   # a bias shared by the windows
     ((2, 4, 3), 49, 2, 32, (4, 1), True),    # TPS: a bias per frame, shifted windows' mask
@@ -205,12 +198,11 @@ def needs_native_kernel():
     ((1, 1), 33, 1, 20, (1,), True),         # head_dim not a multiple of 16
     ((3,), 18, 2, 64, (), False)])
 def test_native_window_attention_is_the_textbook_formula(lead, n, heads, head_dim, bias_lead,
-                                                         masked):
+                                                         masked, native_build):
     """Eval of Video Swin's and TPS's form of attention (packed float32 qkv, a bias shared by the
     windows or one per frame, no mask or the shifted windows' regions) runs as the native kernel
     on CPU and gives a float64 numpy softmax(q k^T / sqrt(d) + bias + mask) v to float32 rounding,
-    as XLA's kernels do. (Official parity through it: tests/test_video_swin.py.)"""
-    needs_native_kernel()
+    as XLA's kernels do, in each build. (Official parity through it: tests/test_video_swin.py.)"""
     rng = np.random.default_rng(12)
     qkv = rng.normal(size=(*lead, n, 3, heads, head_dim))
     bias = rng.normal(size=(*bias_lead, heads, n, n))
@@ -226,7 +218,7 @@ def test_native_window_attention_is_the_textbook_formula(lead, n, heads, head_di
     mask = attention_kernel.SegmentMask(ids, ids, jnp.float32(-100.0)) if masked else None
     attend = lambda x, b: dot_product_attention(x, bias=b, mask=mask)
     evaluate = steps.jit_forward(attend)
-    assert native.TARGET in evaluate.lower(f32(qkv), f32(bias)).as_text()
+    assert f'{native.TARGET}_{native_build}' in evaluate.lower(f32(qkv), f32(bias)).as_text()
     out = evaluate(f32(qkv), f32(bias))
     xla = attention_with_weights(*(f32(x) for x in (q, k, v)),
                                  bias=f32(bias) + (mask.additive() if masked else 0))[0]
@@ -266,15 +258,15 @@ def test_native_window_attention_is_left_where_it_does_not_apply():
 
 @pytest.fixture
 def fresh_native_state():
-    native.window_attention_available.cache_clear()
+    native.window_attention_build.cache_clear()
     yield
-    native.window_attention_available.cache_clear()
+    native.window_attention_build.cache_clear()
 
 
 def test_native_kernel_is_optional(monkeypatch, tmp_path, caplog, fresh_native_state):
-    """`VTX_NATIVE_KERNELS=0` turns the kernel off; a compiler that fails leaves it off with one
-    warning naming the source and the compiler, and no library in the cache; either way eval runs
-    on XLA's kernels."""
+    """`VTX_NATIVE_KERNELS=0` turns the kernel off and a value it does not know is refused, naming
+    it; a compiler that fails leaves the kernel off with one warning naming the source and the
+    compiler, and no library in the cache; either way eval runs on XLA's kernels."""
     monkeypatch.setenv('VTX_CACHE_DIR', str(tmp_path))
     monkeypatch.setenv('VTX_NATIVE_KERNELS', '0')
     assert not native.window_attention_available()
@@ -282,12 +274,15 @@ def test_native_kernel_is_optional(monkeypatch, tmp_path, caplog, fresh_native_s
     bias = jnp.zeros((2, 9, 9), jnp.float32)
     program = steps.jit_forward(lambda x: dot_product_attention(x, bias=bias)).lower(qkv).as_text()
     assert native.TARGET not in program
-    native.window_attention_available.cache_clear()
+    native.window_attention_build.cache_clear()
+    monkeypatch.setenv('VTX_NATIVE_KERNELS', 'sse')
+    with pytest.raises(VtxError, match="VTX_NATIVE_KERNELS='sse': expected 0 .*: avx512, avx2"):
+        native.window_attention_build()
     monkeypatch.setenv('VTX_NATIVE_KERNELS', '1')
     monkeypatch.setenv('CXX', 'false')
     with caplog.at_level('WARNING', logger=native.__name__):
         assert not native.window_attention_available()
-    if 'avx512f' in xla_flags.cpu_flags():   # else it stops before compiling
+    if native._wanted_build():   # else it stops before compiling
         assert 'window_attention.cc with false failed' in caplog.text
         assert not list(tmp_path.rglob('*.so'))
 

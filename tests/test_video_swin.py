@@ -20,7 +20,6 @@ from vtx import families as registry
 from vtx.convert import engine, families, inflate
 from convert.verify import to_model_layout, verify_case
 from tests.test_families import full_size_models
-from tests.test_kernels import needs_native_kernel
 from vtx import optim
 from vtx import config as vtx_config
 from vtx.kernels import native
@@ -138,12 +137,11 @@ WINDOW_ATTENTION_CASES = (cases('video_swin') + cases('tps')
 
 
 @pytest.mark.parametrize('case', WINDOW_ATTENTION_CASES)
-def test_official_parity_through_the_native_window_attention(monkeypatch, case):
+def test_official_parity_through_the_native_window_attention(monkeypatch, case, native_build):
     """On a CPU where vtx's native window attention runs (`vtx.kernels.native`), the eval of the
     official Video Swin, TPS and STTS-Video Swin cases goes through it (head_dim 4 and 8 here,
     shifted windows with the -100 mask, TPS's bias per frame) and still matches the official
-    logits."""
-    needs_native_kernel()
+    logits, in each build of the kernel."""
     calls = []
     kernel = native.window_attention
     monkeypatch.setattr(native, 'window_attention',

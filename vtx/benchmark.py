@@ -122,7 +122,8 @@ def format_rates(rates: dict) -> str:
             + ('; forward programs compiled with '
                + ' '.join(f'{k}={v}' for k, v in rates['forward_compiler_options'].items())
                if rates.get('forward_compiler_options') else '')
-            + ('; native window attention' if rates.get('native_window_attention') else ''))
+            + (f"; native window attention ({rates['native_window_attention']})"
+               if rates.get('native_window_attention') else ''))
 
 
 def random_batch(built: Steps, batch: int):

@@ -66,7 +66,7 @@ def count_macs(jaxpr, params_are=None) -> dict:
                 totals['macs'] += times * macs
                 if not any(v in weight_vars for v in ins):
                     totals['attention_macs'] += times * macs
-            elif name == 'ffi_call' and eqn.params['target_name'] == native.TARGET:
+            elif name == 'ffi_call' and eqn.params['target_name'].startswith(native.TARGET):
                 macs = native.window_attention_macs(eqn.invars[0].aval.shape)
                 totals['macs'] += times * macs
                 totals['attention_macs'] += times * macs

@@ -238,9 +238,10 @@ def cpu_model() -> str:
 
 def host() -> dict:
     """The compute resources of this process, for a benchmark's record. `cpu_dispatch` and
-    `native_window_attention` (whether eval runs Video Swin's window attention as vtx's native
-    kernel, `vtx.kernels.native`) are None where JAX's default backend is not the CPU: they then
-    touch no program timed; `forward_compiler_options` are those of its forward programs."""
+    `native_window_attention` (the build of vtx's native kernel that runs Video Swin's window
+    attention in eval, 'avx512' or 'avx2', or None: `vtx.kernels.native`) are None where JAX's
+    default backend is not the CPU: they then touch no program timed; `forward_compiler_options`
+    are those of its forward programs."""
     import jax
 
     from vtx.kernels import native
@@ -250,7 +251,7 @@ def host() -> dict:
             'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''), 'thp_mode': thp_mode(),
             'cpu_dispatch': cpu_dispatch() if on_cpu else None,
             'forward_compiler_options': forward_compiler_options(),
-            'native_window_attention': native.window_attention_available() if on_cpu else None}
+            'native_window_attention': native.window_attention_build() if on_cpu else None}
 
 
 # vtx's commands that compile a model (vtx-train, vtx-predict) keep the compiled XLA programs in
