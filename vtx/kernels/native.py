@@ -15,7 +15,6 @@ import functools
 import hashlib
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -89,10 +88,10 @@ def _wanted_build() -> str | None:
         raise VtxError(f'{ENV}={wanted!r}: expected 0 (XLA\'s kernels only), 1 (the default: the '
                        f'{DEFAULT_BUILD} build where the CPU has it) or a build: '
                        f'{", ".join(BUILDS)}')
-    if wanted == '0' or platform.machine() not in ('x86_64', 'AMD64'):
+    if wanted == '0':
         return None
     build = DEFAULT_BUILD if wanted == '1' else wanted
-    lacks = BUILDS[build][0] - xla_flags.cpu_flags()
+    lacks = BUILDS[build][0] - xla_flags.cpu_flags()   # all of them where the CPU is not x86-64
     if lacks and wanted != '1':
         log.warning('vtx: %s=%s, but this CPU lacks %s; window attention runs on XLA\'s kernels',
                     ENV, wanted, ', '.join(sorted(lacks)))
