@@ -16,6 +16,8 @@ if 'VTX_COMPILATION_CACHE' not in os.environ:   # where the commands the tests r
     os.environ['VTX_COMPILATION_CACHE'] = tempfile.mkdtemp(prefix='vtx-test-xla-')
     atexit.register(shutil.rmtree, os.environ['VTX_COMPILATION_CACHE'], True)
 
+from vtx.kernels import native  # noqa: E402 - after the environment above is set
+
 
 def primitive_sites(jaxpr, name: str) -> int:
     """How many places in `jaxpr` (closed or not) apply primitive `name`, nested jaxprs (jit
@@ -82,12 +84,11 @@ def demo_data_dir(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture(params=['avx512', 'avx2'])
+@pytest.fixture(params=list(native.BUILDS))
 def native_build(request, monkeypatch):
     """Each build of vtx's native window attention (`vtx.kernels.native.BUILDS`) in turn, made
     the one eval uses (`VTX_NATIVE_KERNELS`); skips a build that cannot run here. An AVX-512 CPU
     runs both, so the AVX2 build is tested there too."""
-    from vtx.kernels import native
     monkeypatch.setenv(native.ENV, request.param)
     native.window_attention_build.cache_clear()
     try:
